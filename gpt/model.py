@@ -1,0 +1,269 @@
+"""The GPT: nanoGPT's architecture and state-dict keys, with optional activation recording.
+
+forward(idx, targets=None, rec=None, kv_cache=None):
+- rec=None and kv_cache=None is nanoGPT's forward, with no extra work: fused attention
+  (F.scaled_dot_product_attention) and, without targets, logits for the last position only;
+- rec (a gpt.record.Recorder) receives the activations it asked for, under TransformerLens names.
+  Attention internals (scores, pattern, z, per-head result) need the manual attention path, which
+  is taken only for layers where one of those is wanted;
+- kv_cache (a gpt.kv_cache.KVCache) makes a chunk of new tokens attend to everything cached.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from gpt.config import GPTConfig
+from gpt.kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from gpt.record import Recorder
+
+LN_EPS = 1e-5  # nanoGPT's and GPT-2's LayerNorm epsilon
+ATTN_INTERNALS = ("attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result")
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has none to switch off), as nanoGPT."""
+
+    def __init__(self, ndim: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LN_EPS)
+
+
+def _mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
+    """Causal mask for Tq queries that are the last Tq of Tk positions: True where attending is allowed."""
+    q_pos = torch.arange(Tk - Tq, Tk, device=device).unsqueeze(1)  # (Tq, 1) absolute query positions
+    return torch.arange(Tk, device=device).unsqueeze(0) <= q_pos  # (Tq, Tk)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v fused
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, rec: "Recorder | None" = None, prefix: str = "",
+                kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.size()
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if rec is not None:
+            # TransformerLens keeps heads after positions: (B, T, nh, hs)
+            for name, t in (("attn.hook_q", q), ("attn.hook_k", k), ("attn.hook_v", v)):
+                if rec.wants(prefix + name):
+                    rec.save(prefix + name, t.transpose(1, 2))
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, nh, Tk, hs), Tk = cached + T
+        Tk = k.size(2)
+
+        manual = rec is not None and any(rec.wants(prefix + n) for n in ATTN_INTERNALS)
+        if not manual:
+            if Tk == T:  # no cache, or an empty one: plain causal attention
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                                   is_causal=True)
+            else:  # new queries sit at the end: an explicit mask (is_causal aligns top-left)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(T, Tk, x.device),
+                                                   dropout_p=self.dropout if self.training else 0.0)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk)
+            att = att.masked_fill(~_mask(T, Tk, x.device), float("-inf"))
+            if rec.wants(prefix + "attn.hook_attn_scores"):
+                rec.save(prefix + "attn.hook_attn_scores", att)
+            att = F.softmax(att, dim=-1)
+            if rec.wants(prefix + "attn.hook_pattern"):
+                rec.save(prefix + "attn.hook_pattern", att)
+            y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous()  # (B, T, nh, hs)
+        if rec is not None:
+            if rec.wants(prefix + "attn.hook_z"):
+                rec.save(prefix + "attn.hook_z", y)
+            if rec.wants(prefix + "attn.hook_result"):
+                # each head's write into the residual stream: z_h @ W_O[h]^T, without the bias
+                W_O = self.c_proj.weight.view(C, nh, hs)  # (C_out, nh, hs)
+                rec.save(prefix + "attn.hook_result", torch.einsum("bthd,chd->bthc", y, W_O))  # (B, T, nh, C)
+        y = y.view(B, T, C)  # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rec: "Recorder | None" = None, prefix: str = "") -> torch.Tensor:
+        pre = self.c_fc(x)  # (B, T, 4C)
+        post = self.gelu(pre)
+        if rec is not None:
+            if rec.wants(prefix + "mlp.hook_pre"):
+                rec.save(prefix + "mlp.hook_pre", pre)
+            if rec.wants(prefix + "mlp.hook_post"):
+                rec.save(prefix + "mlp.hook_post", post)
+        return self.dropout(self.c_proj(post))
+
+
+def _normalized(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without its scale and shift: what TransformerLens calls hook_normalized."""
+    return F.layer_norm(x, (x.size(-1),), eps=LN_EPS)
+
+
+class Block(nn.Module):
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rec: "Recorder | None" = None, layer: int = 0,
+                kv_cache: KVCache | None = None) -> torch.Tensor:
+        if rec is None:  # the fast path: nanoGPT's two lines
+            x = x + self.attn(self.ln_1(x), kv_cache=kv_cache, layer=layer)
+            return x + self.mlp(self.ln_2(x))
+        p = f"blocks.{layer}."
+        _save(rec, p + "hook_resid_pre", x)
+        if rec.wants(p + "ln1.hook_normalized"):
+            rec.save(p + "ln1.hook_normalized", _normalized(x))
+        attn_out = self.attn(self.ln_1(x), rec=rec, prefix=p, kv_cache=kv_cache, layer=layer)
+        _save(rec, p + "hook_attn_out", attn_out)
+        x = x + attn_out
+        _save(rec, p + "hook_resid_mid", x)
+        if rec.wants(p + "ln2.hook_normalized"):
+            rec.save(p + "ln2.hook_normalized", _normalized(x))
+        mlp_out = self.mlp(self.ln_2(x), rec=rec, prefix=p)
+        _save(rec, p + "hook_mlp_out", mlp_out)
+        x = x + mlp_out
+        _save(rec, p + "hook_resid_post", x)
+        return x
+
+
+def _save(rec: "Recorder", name: str, t: torch.Tensor) -> None:
+    if rec.wants(name):
+        rec.save(name, t)
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2 and nanoGPT
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections that write into the residual stream
+        for pn, p in self.named_parameters():
+            if pn.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position embeddings, as nanoGPT reports it
+        (the token embeddings count, since they are also the lm_head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                rec: "Recorder | None" = None, kv_cache: KVCache | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits, loss).
+
+        logits are (B, T, V) when targets, rec or kv_cache is given, else (B, 1, V) for the last
+        position only. loss is the mean cross-entropy against targets (-1 ignored), or None.
+        """
+        device = idx.device
+        B, T = idx.size()
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"cannot forward {start + T} positions: block_size is {self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=device)  # (T,)
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        pos_emb = self.transformer.wpe(pos)  # (T, C)
+        if rec is not None:
+            rec.begin(self.config, cached=start > 0)
+            _save(rec, "hook_embed", tok_emb)
+            _save(rec, "hook_pos_embed", pos_emb.expand(B, -1, -1))
+        x = self.transformer.drop(tok_emb + pos_emb)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rec=rec, layer=i, kv_cache=kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        if rec is not None and rec.wants("ln_final.hook_normalized"):
+            rec.save("ln_final.hook_normalized", _normalized(x))
+        x = self.transformer.ln_f(x)
+
+        if targets is not None:
+            logits = self.lm_head(x)  # (B, T, V)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        elif rec is not None or kv_cache is not None:
+            logits, loss = self.lm_head(x), None
+        else:  # inference: only the last position is needed (a list index keeps the time dim)
+            logits, loss = self.lm_head(x[:, [-1], :]), None
+        if rec is not None and rec.wants("logits"):
+            rec.save("logits", logits)
+        return logits, loss
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Shrink the context, e.g. to run a GPT-2 checkpoint with a smaller block (nanoGPT's surgery)."""
+        if not 0 < block_size <= self.config.block_size:
+            raise ValueError(f"block_size must be in 1..{self.config.block_size}, got {block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
+                             device_type: str) -> torch.optim.AdamW:
+        """AdamW with weight decay on every >=2-D parameter (matmuls, embeddings) and none on biases
+        and LayerNorm gains; fused on CUDA when this torch has it."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+    def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float = 312e12) -> float:
+        """Model flops utilisation against `peak_flops` (default: A100 bf16), as in nanoGPT."""
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
+        return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
