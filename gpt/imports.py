@@ -1,0 +1,195 @@
+"""Importers for checkpoints written by other programs: nanoGPT's ckpt.pt and Hugging Face GPT-2.
+
+Called by gpt.checkpoint.load, which detects the format; use that rather than these directly.
+No code from a file ever runs: torch.load(weights_only=True) for tensors, and nanoGPT's meta.pkl
+goes through `_NoClassUnpickler`, which refuses every class and function reference (a plain dict of
+str / int / list needs none), so a pickle that would call os.system fails before anything runs.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt.checkpoint import CheckpointError, build_model, error_detail, load_state_dict_file
+from gpt.config import GPTConfig
+from gpt.model import GPT
+from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
+
+NANOGPT_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
+COMPILED_PREFIX = "_orig_mod."  # torch.compile's wrapper, kept in nanoGPT's saved keys
+# causal-mask buffers of old nanoGPT / HF GPT-2. Anchored so that attn.c_attn.bias never matches.
+MASK_BUFFER = re.compile(r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)")
+HF_CONV1D = re.compile(r"transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight")
+HF_GELU = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+GPT2_VOCAB = 50257
+Loaded = tuple[GPT, Tokenizer, dict[str, Any]]
+
+
+# -- nanoGPT ---------------------------------------------------------------------------------------
+class _NoClassUnpickler(pickle.Unpickler):
+    """Builds only pickle's built-in containers and scalars; any class or function is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: meta.pkl may only hold "
+                                     "plain dicts, lists, strings and numbers")
+
+
+def read_meta_pkl(path: Path) -> CharTokenizer:
+    """A CharTokenizer from nanoGPT's meta.pkl ({'vocab_size', 'itos', 'stoi'}), in itos order."""
+    try:
+        meta = _NoClassUnpickler(io.BytesIO(path.read_bytes())).load()
+    except Exception as e:  # UnpicklingError, EOFError, ValueError, ... on hostile or broken files
+        raise CheckpointError(f"{path}: not a plain nanoGPT meta.pkl ({type(e).__name__}: {e})") from None
+    itos = meta.get("itos") if isinstance(meta, dict) else None
+    if not isinstance(itos, dict) or sorted(itos) != list(range(len(itos))):
+        raise CheckpointError(f"{path}: expected a dict with 'itos' mapping 0..n-1 to characters, "
+                              "as nanoGPT's shakespeare_char/prepare.py writes")
+    try:
+        tok = CharTokenizer([itos[i] for i in range(len(itos))])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: 'itos' is not a character vocabulary ({e})") from None
+    stoi = meta.get("stoi")
+    if stoi is not None and stoi != tok.stoi:
+        raise CheckpointError(f"{path}: 'stoi' and 'itos' disagree")
+    return tok
+
+
+def _read_nanogpt(path: Path) -> dict[str, Any]:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses code; random bytes / truncation fail to parse
+        raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint ({error_detail(e)}); "
+                              "nanolens reads only plain tensors and never runs code from a file") from None
+    if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) \
+            or not isinstance(ck.get("model_args"), dict):
+        keys = sorted(ck)[:10] if isinstance(ck, dict) else type(ck).__name__
+        raise CheckpointError(f"{path}: not a nanoGPT checkpoint (needs 'model' and 'model_args'; "
+                              f"found {keys})")
+    return ck
+
+
+def _scalar(v: Any) -> Any:
+    return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+
+
+def load_nanogpt(path: Path, device: str | torch.device, dtype: torch.dtype) -> Loaded:
+    """nanoGPT's ckpt.pt: weights from 'model' ('_orig_mod.' stripped, mask buffers dropped),
+    config from 'model_args' (activation "gelu"); tokenizer from meta.pkl beside the file, else
+    GPT-2's when the vocabulary is GPT-2 sized (50257, or nanoGPT's padded 50304)."""
+    ck = _read_nanogpt(path)
+    args = ck["model_args"]
+    args = {"bias": True, "dropout": 0.0, **args}  # nanoGPT before the bias flag: always biased
+    missing = [k for k in NANOGPT_ARGS if k not in args]
+    if missing:
+        raise CheckpointError(f"{path}: model_args lacks {missing}")
+    try:
+        config = GPTConfig(**{k: _scalar(args[k]) for k in NANOGPT_ARGS}, activation="gelu")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model_args ({e})") from None
+    sd = {}
+    for k, v in ck["model"].items():
+        k = k[len(COMPILED_PREFIX):] if k.startswith(COMPILED_PREFIX) else k
+        if not MASK_BUFFER.fullmatch(k):
+            sd[k] = v
+    model = build_model(config, sd, path, device, dtype)
+
+    meta_pkl = path.parent / "meta.pkl"
+    if meta_pkl.is_file():
+        tokenizer: Tokenizer = read_meta_pkl(meta_pkl)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise CheckpointError(f"{meta_pkl}: {tokenizer.vocab_size} characters, but {path.name} "
+                                  f"has vocab_size {config.vocab_size}; is it the right meta.pkl?")
+    elif config.vocab_size >= GPT2_VOCAB:
+        tokenizer = GPT2Tokenizer()
+    else:
+        dataset = (ck.get("config") or {}).get("dataset") if isinstance(ck.get("config"), dict) else None
+        where = f"nanoGPT's data/{dataset}/meta.pkl" if isinstance(dataset, str) else "the dataset's meta.pkl"
+        raise CheckpointError(f"{path}: vocab_size {config.vocab_size} is not GPT-2's, so the tokenizer "
+                              f"is in a meta.pkl; copy {where} beside {path.name}")
+    meta: dict[str, Any] = {"source_format": "nanogpt", "source": str(path)}
+    if "iter_num" in ck:
+        meta["iter"] = int(_scalar(ck["iter_num"]))
+    if "best_val_loss" in ck:
+        meta["best_val_loss"] = float(_scalar(ck["best_val_loss"]))
+    return model, tokenizer, meta
+
+
+def nanogpt_optimizer_state(path: Path) -> dict[str, Any] | None:
+    """The 'optimizer' entry of a nanoGPT ckpt.pt, or None."""
+    state = _read_nanogpt(path).get("optimizer")
+    return state if isinstance(state, dict) else None
+
+
+# -- Hugging Face GPT-2 ----------------------------------------------------------------------------
+def _hf_config(folder: Path, info: dict[str, Any]) -> GPTConfig:
+    src = folder / "config.json"
+    if info.get("model_type") != "gpt2":
+        raise CheckpointError(f"{src}: model_type {info.get('model_type')!r} is not supported; "
+                              "only Hugging Face GPT-2 ('gpt2') folders can be imported")
+    eps = info.get("layer_norm_epsilon", 1e-5)
+    if not isinstance(eps, (int, float)) or abs(eps - 1e-5) > 1e-12:
+        raise CheckpointError(f"{src}: layer_norm_epsilon {eps} differs from the 1e-5 this model uses")
+    act = info.get("activation_function", "gelu_new")
+    if act not in HF_GELU:
+        raise CheckpointError(f"{src}: activation_function {act!r} is not supported ({sorted(HF_GELU)})")
+    n_embd = info.get("n_embd", 768)
+    if info.get("n_inner") not in (None, 4 * n_embd):
+        raise CheckpointError(f"{src}: n_inner {info['n_inner']} != 4 * n_embd is not supported")
+    for flag, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                       ("add_cross_attention", False), ("tie_word_embeddings", True)):
+        if info.get(flag, want) != want:
+            raise CheckpointError(f"{src}: {flag}={info[flag]} is not supported (needs {want})")
+    vocab = info.get("vocab_size", GPT2_VOCAB)
+    if vocab < GPT2_VOCAB:
+        raise CheckpointError(f"{src}: vocab_size {vocab} is smaller than GPT-2's {GPT2_VOCAB}; "
+                              "the GPT-2 tokenizer would produce ids this model has no embedding for")
+    try:
+        return GPTConfig(block_size=info.get("n_positions", info.get("n_ctx", 1024)), vocab_size=vocab,
+                         n_layer=info.get("n_layer", 12), n_head=info.get("n_head", 12), n_embd=n_embd,
+                         dropout=0.0, bias=True, activation=HF_GELU[act])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{src}: bad GPT-2 config ({e})") from None
+
+
+def _hf_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return load_state_dict_file(folder / name), folder / name
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / name
+        if index.is_file():  # sharded: {"weight_map": {key: shard file name}}
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise CheckpointError(f"{index}: bad shard index ({e})") from None
+            sd: dict[str, torch.Tensor] = {}
+            for s in shards:
+                if not isinstance(s, str) or Path(s).name != s:  # no paths out of the folder
+                    raise CheckpointError(f"{index}: bad shard name {s!r}")
+                sd.update(load_state_dict_file(folder / s))
+            return sd, index
+    raise CheckpointError(f"{folder}: Hugging Face folder without model.safetensors or pytorch_model.bin")
+
+
+def load_hf_gpt2(folder: Path, info: dict[str, Any], device: str | torch.device,
+                 dtype: torch.dtype) -> Loaded:
+    """A Hugging Face GPT-2 folder (GPT2LMHeadModel or GPT2Model save). Conv1D weights are stored
+    (in, out), so they are transposed into nn.Linear's (out, in)."""
+    config = _hf_config(folder, info)
+    raw, src = _hf_weights(folder)
+    sd = {}
+    for k, v in raw.items():
+        if k != "lm_head.weight" and not k.startswith("transformer."):
+            k = "transformer." + k  # GPT2Model saves have no prefix
+        if MASK_BUFFER.fullmatch(k):
+            continue
+        sd[k] = v.t().contiguous() if HF_CONV1D.fullmatch(k) and v.dim() == 2 else v
+    model = build_model(config, sd, src, device, dtype)
+    meta = {"source_format": "hf-gpt2", "source": str(folder)}
+    return model, GPT2Tokenizer(), meta
