@@ -78,7 +78,7 @@ class Recorder:
         out: set[str] = set()
         for p in patterns:
             hits = [n for n in every if fnmatch.fnmatchcase(n, p)]
-            if OPT_IN not in p:
+            if OPT_IN not in p and any(not n.endswith(OPT_IN) for n in hits):
                 hits = [n for n in hits if not n.endswith(OPT_IN)]
             if not hits:
                 close = sorted({n.split(".", 2)[-1] for n in every})
