@@ -1,0 +1,77 @@
+"""DDP as nanoGPT runs it: torchrun with 2 CPU processes on gloo. Only rank 0 writes the run
+folder; a stop request reaches every rank (no hang); --resume continues under torchrun."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from gpt import checkpoint as ckpt
+from trainers import runs
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="torch.distributed with gloo is not available")]
+
+
+@pytest.fixture
+def torchrun(tmp_path, tmp_path_factory):
+    procs: list[subprocess.Popen] = []
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               NANOLENS_CACHE=str(tmp_path_factory.getbasetemp() / "cache"))
+
+    def launch(*args: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "trainers.train", "--root", str(tmp_path), "--threads", "1", *args]
+        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        procs.append(p)
+        return p
+
+    yield launch
+    for p in procs:  # kill the whole torchrun group (launcher and both workers), then reap
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+
+
+def test_ddp_two_processes_gloo(torchrun, tmp_path):
+    p = torchrun("--name", "ddp", "--data", "python-docs", "--device", "cpu", "--max-iters", "100000",
+                 "--grad-accum", "4", "--eval-interval", "10", "--eval-iters", "2",
+                 "--log-interval", "2")
+    deadline = time.time() + 120
+    while len([r for r in runs.read_metrics(tmp_path / "ddp") if "val_loss" in r]) < 2:
+        assert p.poll() is None, p.communicate()[0]
+        assert time.time() < deadline, "DDP run made no progress"
+        time.sleep(0.1)
+    st = runs.stop("ddp", tmp_path, wait=True, timeout=60)  # both ranks must agree to stop
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode == 0, out
+    assert st["state"] == "stopped" and st["world_size"] == 2
+    it = st["iter"]
+    assert out.count("device: cpu, 1 thread, bf16 off, compile off, ddp 2 processes") == 1
+    assert out.count("stopped: stopped at iter") == 1  # the CLI's last line, from rank 0 only
+    rc = runs.read_json(tmp_path / "ddp" / "config.json")
+    assert rc["world_size"] == 2 and rc["train"]["grad_accum"] == 4
+    rows = runs.read_metrics(tmp_path / "ddp")
+    logs = [r["iter"] for r in rows if "train_loss" in r]
+    evals = [r["iter"] for r in rows if "val_loss" in r]
+    # one writer: every row once, in order (rank 1 writing too would duplicate them)
+    assert logs == sorted(set(logs)) and evals == sorted(set(evals))
+    assert set(os.listdir(tmp_path)) == {"ddp"}
+    assert ckpt.load(tmp_path / "ddp")[2]["iter"] == it
+
+    p = torchrun("--resume", "--name", "ddp", "--device", "cpu", "--max-iters", str(it + 6))
+    out = p.communicate(timeout=180)[0]
+    assert p.returncode == 0, out
+    assert f"resumed from iter {it} (optimizer state loaded)" in out
+    st = runs.status("ddp", tmp_path)
+    assert st["state"] == "finished" and st["iter"] == it + 6
+    assert int(ckpt.load_optimizer_state(tmp_path / "ddp")["state"][0]["step"]) == it + 6

@@ -1,0 +1,255 @@
+"""TrainConfig: everything a training run needs besides the model's shape, its presets, and the
+checks that refuse a bad run before anything starts.
+
+The presets follow nanoGPT: `cpu-small` is the "I only have a macbook" line of its README and
+`baby` is config/train_shakespeare_char.py. Model-shape fields (block_size, n_layer, ...) are
+optional overrides of the GPTConfig preset of the same name, so a run is "preset + overrides".
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from gpt.config import GPTConfig
+
+MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
+TOKENIZERS = ("char", "gpt2")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    data: str | None = None  # corpus name or .txt path; None: trainers.data.default_data()
+    tokenizer: str = "char"
+    name: str | None = None  # run folder name; None: <preset>-<data>-<timestamp>
+    root: str | None = None  # checkpoints root; None: gpt.checkpoint.checkpoints_root()
+    # schedule and optimizer (nanoGPT's names, shortened)
+    max_iters: int = 200
+    eval_interval: int = 50
+    eval_iters: int = 10
+    log_interval: int = 10
+    batch_size: int = 8  # per micro step and per process, as nanoGPT
+    grad_accum: int = 1  # total over all DDP processes, as nanoGPT
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 10
+    lr_decay_iters: int | None = None  # None: = max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    # overrides of the model preset (None: the preset's value)
+    block_size: int | None = None
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    dropout: float | None = None
+    # runtime
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int | None = None  # None: default_threads()
+    compile: bool = False
+    snapshots: bool = True  # keep snapshots/iter_XXXXXXX at spread-out iterations
+
+    @classmethod
+    def from_preset(cls, preset: str, /, **overrides: Any) -> "TrainConfig":
+        """The named preset with fields overridden; None values leave the preset's value."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def decay_iters(self) -> int:
+        return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The GPTConfig preset of the same name with this config's shape overrides."""
+        overrides = {k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None}
+        return GPTConfig.preset(self.preset, vocab_size=vocab_size, **overrides)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # fast everywhere: tests and a first look
+    "tiny": TrainConfig(preset="tiny", max_iters=200, eval_interval=50, eval_iters=10,
+                        log_interval=10, batch_size=8, learning_rate=1e-3, min_lr=1e-4,
+                        warmup_iters=10, dropout=0.0),
+    # nanoGPT README, "I only have a macbook": --block_size=64 --batch_size=12 --n_layer=4
+    # --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0 --eval_iters=20
+    "cpu-small": TrainConfig(preset="cpu-small", max_iters=2000, eval_interval=250, eval_iters=20,
+                             log_interval=10, batch_size=12, learning_rate=1e-3, min_lr=1e-4,
+                             warmup_iters=100, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
+                             block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+    # nanoGPT config/train_shakespeare_char.py
+    "baby": TrainConfig(preset="baby", max_iters=5000, eval_interval=250, eval_iters=200,
+                        log_interval=10, batch_size=64, learning_rate=1e-3, min_lr=1e-4,
+                        warmup_iters=100, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
+                        block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+}
+
+
+# -- schedule -------------------------------------------------------------------------------------
+def get_lr(it: int, cfg: TrainConfig) -> float:
+    """nanoGPT's schedule: linear warmup, cosine decay to min_lr at decay_iters, then min_lr."""
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= cfg.decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / (cfg.decay_iters - cfg.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+def is_snapshot_iter(it: int) -> bool:
+    """0, 10, 25, 50, 100, 250, 500, 1000, ...: dense early, where the model changes fastest."""
+    if it == 0:
+        return True
+    e = 1
+    while 10 ** e <= it:
+        if it in (10 ** e, 25 * 10 ** (e - 1), 5 * 10 ** e):
+            return True
+        e += 1
+    return False
+
+
+# -- checks ---------------------------------------------------------------------------------------
+_NAME_OK = re.compile(r"^[\w][\w.+=@-]*$")
+
+
+def validate_run_name(name: str | None) -> str:
+    """Return `name` if it is a safe single folder name, else ValueError saying what to use."""
+    if name is None or not str(name).strip():
+        raise ValueError("the run name is empty; pass --name with letters, digits, '-', '_' or '.'")
+    if "/" in name or "\\" in name or ".." in name:
+        raise ValueError(f"run name {name!r} must not contain '/', '\\' or '..'; it names one "
+                         "folder under the checkpoints root")
+    if len(name) > 128 or not _NAME_OK.match(name):
+        raise ValueError(f"run name {name!r} is not allowed; use up to 128 letters, digits, "
+                         "'-', '_', '.', '+', '=', '@', starting with a letter or digit")
+    return name
+
+
+def default_threads(world_size: int = 1) -> int:
+    """CPU threads for a run: all cores but one (left to the UI), split over DDP processes."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, (n - 1) // max(1, world_size))
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> cuda, then mps, then cpu; anything else is checked to exist."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown --device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for but no CUDA GPU is available; use --device cpu")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps asked for but MPS is not available; use --device cpu")
+    return device
+
+
+def estimate_memory(model_cfg: GPTConfig, batch_size: int) -> tuple[int, int]:
+    """(parameter bytes, activation bytes) of one training micro step, in fp32.
+
+    Parameters: weights + grads + AdamW m and v = 4 copies of 4 bytes. Activations: per layer
+    about B*T*C*34 + 5*B*nh*T*T values (Korthikanti et al. 2022, 'Reducing activation
+    recomputation'), plus the logits and their gradient; counted at 4 bytes each.
+    """
+    c = model_cfg
+    n_params = 12 * c.n_layer * c.n_embd ** 2 + (c.vocab_size + c.block_size) * c.n_embd
+    B, T = batch_size, c.block_size
+    per_layer = B * T * c.n_embd * 34 + 5 * B * c.n_head * T * T
+    acts = (c.n_layer * per_layer + 3 * B * T * c.vocab_size) * 4
+    return n_params * 4 * 4, acts
+
+
+def available_memory(device: str) -> int:
+    """Bytes that a run on `device` may use: free GPU memory, or available RAM."""
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:  # MemAvailable counts reclaimable page cache, which sysconf's AVPHYS_PAGES does not
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
+
+
+def check_config(cfg: TrainConfig, vocab_size: int | None = None, device: str | None = None,
+                 world_size: int = 1) -> GPTConfig:
+    """Refuse a bad run before anything starts; return its GPTConfig. ValueError says what to fix."""
+    ints = dict(max_iters=1, eval_interval=1, eval_iters=1, log_interval=1, batch_size=1,
+                grad_accum=1, warmup_iters=0)
+    for k, lo in ints.items():
+        v = getattr(cfg, k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"--{k.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
+    if cfg.lr_decay_iters is not None and cfg.lr_decay_iters < 1:
+        raise ValueError(f"--lr-decay-iters must be >= 1, got {cfg.lr_decay_iters}")
+    if not cfg.learning_rate > 0:
+        raise ValueError(f"--lr must be positive, got {cfg.learning_rate}")
+    if not 0 <= cfg.min_lr <= cfg.learning_rate:
+        raise ValueError(f"--min-lr must be in [0, --lr={cfg.learning_rate}], got {cfg.min_lr}")
+    if not cfg.weight_decay >= 0 or not cfg.grad_clip >= 0:
+        raise ValueError("--weight-decay and --grad-clip must be >= 0 (grad clip 0 turns it off)")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise ValueError(f"--beta1/--beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
+    if cfg.tokenizer not in TOKENIZERS:
+        raise ValueError(f"unknown --tokenizer {cfg.tokenizer!r}; choose one of {TOKENIZERS}")
+    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
+        raise ValueError(f"--threads must be >= 1, got {cfg.threads!r}")
+    if cfg.grad_accum % world_size != 0:
+        raise ValueError(f"--grad-accum ({cfg.grad_accum}) must be a multiple of the number of "
+                         f"processes ({world_size}); try --grad-accum {world_size}")
+    if cfg.name is not None:
+        validate_run_name(cfg.name)
+    if vocab_size is None:  # before the data is read: gpt2's, or a generous character set
+        vocab_size = 50257 if cfg.tokenizer == "gpt2" else 256
+    try:
+        mcfg = cfg.model_config(vocab_size)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"invalid model settings: {e}") from None
+    dev = resolve_device(device or cfg.device)
+    p_bytes, a_bytes = estimate_memory(mcfg, cfg.batch_size)
+    avail = available_memory(dev)
+    if p_bytes + a_bytes > avail:
+        gib = 1024 ** 3
+        raise ValueError(
+            f"this model will not fit on {dev}: it needs about {(p_bytes + a_bytes) / gib:.1f} GiB "
+            f"(weights+grads+AdamW {p_bytes / gib:.1f} GiB, activations {a_bytes / gib:.1f} GiB) "
+            f"but about {avail / gib:.1f} GiB is available; reduce --n-layer/--n-embd or "
+            "--batch-size/--block-size")
+    return mcfg

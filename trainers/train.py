@@ -1,0 +1,198 @@
+"""Command line: `python -m trainers.train --preset tiny --data shakespeare`.
+
+Also under torchrun (`torchrun --nproc_per_node=N -m trainers.train ...`) for DDP, as nanoGPT.
+`--resume --name X [--max-iters N]` continues run X from latest/, optimizer state included.
+SIGTERM/SIGINT (or a <run>/STOP file) stop gracefully: finish the step, save latest/, exit.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from dataclasses import fields, replace
+from typing import Any
+
+import torch
+
+from trainers import runs
+from trainers.config import PRESETS, TOKENIZERS, TrainConfig, default_threads, validate_run_name
+
+# settings a resumed run may change; everything else is the run's recorded config
+RESUME_OVERRIDABLE = {"name", "root", "max_iters", "threads", "device", "compile", "snapshots",
+                      "eval_interval", "eval_iters", "log_interval"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainers.train",
+        description="Train a nanoGPT-style model and write a run folder <root>/<name>/ (config.json, "
+                    "metrics.jsonl, status.json, latest/, best/, snapshots/).",
+        epilog="Examples: python -m trainers.train --preset cpu-small --data shakespeare | "
+               "python -m trainers.train --resume --name tiny-shakespeare-20250101-120000 --max-iters 400 | "
+               "torchrun --nproc_per_node=2 -m trainers.train --preset baby")
+    a = p.add_argument
+    a("--preset", choices=sorted(PRESETS), help="base settings: tiny (tests), cpu-small (nanoGPT's "
+      "CPU line), baby (nanoGPT's shakespeare_char); flags override it (default: tiny)")
+    a("--data", help="corpus: shakespeare, python-docs, or the path of a UTF-8 .txt file (default: "
+      "shakespeare when cached or in ../shared, else python-docs; no network unless asked for)")
+    a("--tokenizer", choices=TOKENIZERS, help="char (vocab from the corpus) or gpt2 BPE (default: char)")
+    a("--name", help="run folder name (default: <preset>-<data>-<timestamp>); no '/' or '..'")
+    a("--resume", action="store_true", help="continue run --name from its latest checkpoint, "
+      "optimizer included; only --max-iters/--threads/--device/--compile and intervals may change")
+    a("--root", help="checkpoints root (default: $NANOLENS_CHECKPOINTS or <repo>/checkpoints)")
+    a("--max-iters", type=int, dest="max_iters", help="optimizer steps in total (also lr_decay_iters)")
+    a("--eval-interval", type=int, dest="eval_interval", help="evaluate and save latest/ every N iters")
+    a("--eval-iters", type=int, dest="eval_iters", help="batches per split in each evaluation")
+    a("--log-interval", type=int, dest="log_interval", help="write a metrics row every N iters")
+    a("--batch-size", type=int, dest="batch_size", help="sequences per micro step (per process)")
+    a("--block-size", type=int, dest="block_size", help="context length in tokens")
+    a("--n-layer", type=int, dest="n_layer", help="transformer blocks")
+    a("--n-head", type=int, dest="n_head", help="attention heads (must divide --n-embd)")
+    a("--n-embd", type=int, dest="n_embd", help="residual stream width")
+    a("--dropout", type=float, help="dropout probability in [0, 1)")
+    a("--lr", type=float, dest="learning_rate", metavar="LR", help="peak learning rate (after warmup)")
+    a("--min-lr", type=float, dest="min_lr", help="learning rate at the end of the cosine decay")
+    a("--warmup-iters", type=int, dest="warmup_iters", help="linear warmup steps")
+    a("--lr-decay-iters", type=int, dest="lr_decay_iters", help="end of cosine decay (default: max iters)")
+    a("--grad-accum", type=int, dest="grad_accum", help="micro steps per optimizer step, in total "
+      "over all DDP processes (must be a multiple of their number)")
+    a("--weight-decay", type=float, dest="weight_decay", help="AdamW weight decay on >=2-D params")
+    a("--beta1", type=float, help="AdamW beta1")
+    a("--beta2", type=float, help="AdamW beta2")
+    a("--grad-clip", type=float, dest="grad_clip", help="clip the gradient norm to this (0: off)")
+    a("--seed", type=int, help="random seed; the same seed gives the same losses on CPU")
+    a("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
+    a("--threads", type=int, help="CPU threads (default: all cores but one, split over processes)")
+    a("--compile", action="store_true", default=None, help="torch.compile the model (CUDA mostly)")
+    a("--no-snapshots", action="store_false", dest="snapshots", default=None,
+      help="do not keep snapshots/iter_* at spread-out iterations")
+    return p
+
+
+def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainConfig:
+    """TrainConfig from the flags: a preset + overrides, or a recorded run for --resume."""
+    from trainers.data import default_data
+
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    if args.resume:
+        if not args.name:
+            raise ValueError("--resume needs --name of the run to continue")
+        run_dir = runs.run_path(args.name, args.root)
+        if rank == 0:
+            st = runs.status(args.name, args.root) if run_dir.is_dir() else {"state": "unknown"}
+            if st["state"] in runs.LIVE_STATES and st.get("pid") not in (None, os.getpid()):
+                raise ValueError(f"run {args.name!r} is {st['state']} (pid {st['pid']}); stop it first")
+            if st["state"] != "starting":  # not launched by runs.resume: a stale STOP must go
+                (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+            if run_dir.is_dir():
+                runs.recover_latest(run_dir)
+        rc = runs.read_json(run_dir / "config.json")
+        if rc is None or not (run_dir / "latest").is_dir():
+            raise ValueError(f"no resumable run {args.name!r} in {run_dir.parent} (no config.json "
+                             "or latest/); start it without --resume")
+        fixed = sorted(set(given) - RESUME_OVERRIDABLE)
+        if fixed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise ValueError(f"--resume keeps the run's recorded settings; drop {flags} (only "
+                             "--max-iters, --threads, --device, --compile and intervals may change)")
+        cfg = replace(TrainConfig.from_dict(rc["train"]), **{**given, "root": str(run_dir.parent)})
+        latest = runs.read_json(run_dir / "latest" / "config.json") or {}
+        at = int((latest.get("meta") or {}).get("iter", 0))
+        if cfg.max_iters <= at:
+            raise ValueError(f"run {args.name!r} is already at iter {at}; pass --max-iters > {at}")
+    else:
+        cfg = TrainConfig.from_preset(args.preset or "tiny", **given)
+        cfg.data = cfg.data or default_data()
+        if cfg.data not in ("shakespeare", "python-docs"):
+            cfg.data = os.path.abspath(os.path.expanduser(cfg.data))
+        cfg.name = validate_run_name(cfg.name or runs.default_name(cfg))
+        run_dir = runs.run_path(cfg.name, args.root)
+        if (run_dir / "config.json").exists() or (run_dir / "latest").exists():
+            raise ValueError(f"a run named {cfg.name!r} already exists in {run_dir.parent}; pick "
+                             f"another --name, or continue it with --resume --name {cfg.name}")
+        cfg.root = str(run_dir.parent)
+    cfg.threads = cfg.threads or default_threads(world_size)
+    return cfg
+
+
+class ConsoleCallbacks:
+    """tqdm progress bar (iter, loss, val loss, tokens/s, ETA) and eval lines, nanoGPT style."""
+
+    def __init__(self, max_iters: int) -> None:
+        self.max_iters, self.bar, self.val = max_iters, None, None
+        self.trainer: Any = None
+
+    def _bar(self) -> Any:
+        if self.bar is None:
+            from tqdm import tqdm
+            start = getattr(self.trainer, "start_iter", 0)
+            self.bar = tqdm(total=self.max_iters, initial=start, unit="it", dynamic_ncols=True,
+                            mininterval=0.5 if sys.stderr.isatty() else 5.0, file=sys.stderr)
+        return self.bar
+
+    def on_log(self, row: dict[str, Any]) -> None:
+        bar = self._bar()
+        bar.update(max(0, row["iter"] + 1 - bar.n))
+        post = {"loss": f"{row['train_loss']:.4f}", "tok/s": f"{row['tokens_per_s']:,.0f}"}
+        if self.val is not None:
+            post["val"] = f"{self.val:.4f}"
+        bar.set_postfix(post, refresh=False)
+
+    def on_eval(self, row: dict[str, Any]) -> None:
+        self.val = row["val_loss"]
+        self.message(f"iter {row['iter']}: train loss {row['train_loss_eval']:.4f}, "
+                     f"val loss {row['val_loss']:.4f}")
+
+    def message(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stdout)
+        else:
+            print(msg, flush=True)
+
+    def close(self, final_iter: int | None = None) -> None:
+        if self.bar is not None:
+            if final_iter is not None:
+                self.bar.update(max(0, final_iter - self.bar.n))
+            self.bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainers.trainer import Callbacks, Trainer
+
+    args = build_parser().parse_args(argv)
+    world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    try:
+        cfg = make_config(args, world_size, rank)
+        torch.set_num_threads(cfg.threads)
+        con = ConsoleCallbacks(cfg.max_iters)
+        cb = Callbacks(on_log=con.on_log, on_eval=con.on_eval, on_message=con.message)
+        trainer = Trainer(cfg, callbacks=cb, resume=args.resume)
+        con.trainer = trainer
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and trainer._stop_flag:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        con.message(f"{signal.Signals(signum).name}: stopping after this step")
+        trainer.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        st = trainer.fit()
+    except (ValueError, OSError) as e:  # bad data, disk full...: the status says failed already
+        con.close()
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    con.close(st.get("iter"))
+    if rank == 0:
+        print(f"{st.get('state')}: {st.get('message')}", flush=True)
+    return 1 if st.get("state") == "failed" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""The training loop: nanoGPT's train.py recipe behind a small class with callbacks.
+
+AdamW with decay on >=2-D params, linear warmup then cosine decay to min_lr, gradient
+clipping and accumulation, periodic evaluation on train and val, bf16 autocast + TF32 on CUDA,
+and DDP when launched by torchrun (RANK/LOCAL_RANK/WORLD_SIZE). Only rank 0 writes the run
+folder: config.json, metrics.jsonl, status.json, latest/ (with optimizer state), best/ and
+snapshots/. The trainer knows nothing of Streamlit: the app reads those files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from gpt import checkpoint as ckpt  # module access, so tests can monkeypatch ckpt.save
+from gpt.config import GPTConfig
+from gpt.model import GPT
+from trainers import runs
+from trainers.config import TrainConfig, check_config, get_lr, is_snapshot_iter, resolve_device
+from trainers.data import Corpus, default_data
+
+
+@dataclass
+class Callbacks:
+    """Hooks called on rank 0 only; any may be None."""
+    on_log: Callable[[dict[str, Any]], None] | None = None  # every log_interval
+    on_eval: Callable[[dict[str, Any]], None] | None = None  # every eval
+    on_checkpoint: Callable[[Path], None] | None = None  # after each checkpoint folder is written
+    should_stop: Callable[[], bool] | None = None  # polled every iteration; True = stop gracefully
+    on_message: Callable[[str], None] | None = None  # human-readable lines; default print
+
+
+class Trainer:
+    """Trainer(train_cfg, model_cfg=None, callbacks=None, resume=False).fit() -> final status.
+
+    model_cfg None builds cfg.model_config(vocab); its vocab_size always comes from the
+    tokenizer. resume=True continues <root>/<name> from latest/ with its optimizer state and
+    its recorded model, tokenizer and data. Raises ValueError on a bad config before anything
+    is written.
+    """
+
+    def __init__(self, train_cfg: TrainConfig, model_cfg: GPTConfig | None = None,
+                 callbacks: Callbacks | None = None, resume: bool = False) -> None:
+        self.cfg, self.model_cfg, self.resumed = train_cfg, model_cfg, resume
+        self.cb = callbacks or Callbacks()
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.ddp = "RANK" in os.environ and self.world_size > 1
+        self.master = self.rank == 0
+        device = resolve_device(train_cfg.device)
+        if self.ddp and device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        self.device, self.device_type = device, device.split(":")[0]
+        check_config(train_cfg, device=device, world_size=self.world_size)
+        if train_cfg.name is None:
+            raise ValueError("TrainConfig.name is required: it names the run folder")
+        self.run_dir = runs.run_path(train_cfg.name, train_cfg.root)
+        self.micro_steps = train_cfg.grad_accum // self.world_size  # per process, as nanoGPT
+        self._stop_flag = False
+        self.status: dict[str, Any] = {}
+
+    # -- small helpers ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Stop after the current step (used by the CLI's SIGTERM/SIGINT handler)."""
+        self._stop_flag = True
+
+    def _say(self, msg: str) -> None:
+        if self.master:
+            (self.cb.on_message or (lambda m: print(m, flush=True)))(msg)
+
+    def _stop_requested(self) -> bool:
+        if self._stop_flag:
+            return True
+        if not self.master:
+            return False
+        return bool(self.cb.should_stop and self.cb.should_stop()) or \
+            (self.run_dir / runs.STOP_FILE).exists()
+
+    def _write_status(self, state: str | None = None, **fields: Any) -> None:
+        if not self.master or not self.run_dir.is_dir():
+            return
+        if not self.status:  # e.g. a failure before setup finished: keep what runs.start wrote
+            self.status = runs.read_json(self.run_dir / "status.json") or {}
+        if state is not None:
+            self.status["state"] = state
+        self.status.update(fields, pid=os.getpid(), updated_at=runs._now(), updated_ts=time.time())
+        runs.write_json_atomic(self.run_dir / "status.json", self.status)
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if self.ddp:
+            dist.init_process_group(backend="nccl" if self.device_type == "cuda" else "gloo")
+            if self.device_type == "cuda":
+                torch.cuda.set_device(self.device)
+        if self.device_type == "cuda":  # TF32 matmuls: ~free speed on Ampere+, as nanoGPT
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.start_iter, self.best_val, self.elapsed_prev = 0, math.inf, 0.0
+        self.last_val: float | None = None
+        self.last_train: float | None = None
+        run_cfg = runs.read_json(self.run_dir / "config.json") if self.resumed else None
+        if self.resumed:
+            if run_cfg is None or not (self.run_dir / "latest").is_dir():
+                raise ValueError(f"cannot resume {cfg.name!r}: {self.run_dir} has no config.json "
+                                 "or latest/ checkpoint")
+            model, tok, meta = ckpt.load(self.run_dir / "latest", device=self.device)
+            self.model_cfg = model.config
+            self.start_iter = int(meta.get("iter", 0))
+            self.best_val = meta.get("best_val_loss") or math.inf
+            self.elapsed_prev = float(meta.get("elapsed_s") or 0.0)
+            self.last_val = meta.get("val_loss")
+            src = run_cfg.get("data") or {}
+            data = src.get("path") if src.get("name") == "file" else src.get("name", cfg.data)
+            self.corpus = Corpus.load(data, tok, model.config.block_size, log=self._say)
+            opt_state = ckpt.load_optimizer_state(self.run_dir / "latest")
+        else:
+            self.corpus = Corpus.load(cfg.data or default_data(), cfg.tokenizer,
+                                      (self.model_cfg or cfg.model_config(65)).block_size,
+                                      log=self._say)
+            tok = self.corpus.tokenizer
+            self.model_cfg = replace(self.model_cfg or cfg.model_config(tok.vocab_size),
+                                     vocab_size=tok.vocab_size)
+            check_config(cfg, vocab_size=tok.vocab_size, device=self.device,
+                         world_size=self.world_size)
+            torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+            model, opt_state = GPT(self.model_cfg), None
+        self.tokenizer = tok
+        torch.manual_seed(cfg.seed + self.rank + self.start_iter)  # dropout differs per rank
+        self.corpus.to(self.device)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * self.rank + self.start_iter)
+        self.raw_model = model.to(self.device).train()
+        self.optimizer = self.raw_model.configure_optimizers(
+            cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type)
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)
+        self.bf16 = self.device_type == "cuda" and torch.cuda.is_bf16_supported()
+        self.ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        self.model: torch.nn.Module = torch.compile(self.raw_model) if cfg.compile else self.raw_model
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [torch.device(self.device).index] if self.device_type == "cuda" else None
+            self.model = DDP(self.model, device_ids=ids)
+        self._write_run_files(run_cfg)
+        n = self.raw_model.get_num_params()
+        src = self.corpus.source
+        self._say(self.device_line())
+        self._say(f"model: {n / 1e6:.2f}M params ({self.model_cfg.n_layer} layers, "
+                  f"{self.model_cfg.n_head} heads, {self.model_cfg.n_embd} embd, block "
+                  f"{self.model_cfg.block_size}); data: {src['name']} ({src['tokens']:,} "
+                  f"{tok.kind} tokens, vocab {tok.vocab_size})")
+        if self.resumed:
+            how = "optimizer state loaded" if opt_state is not None else "no optimizer state: fresh AdamW"
+            self._say(f"resumed from iter {self.start_iter} ({how})")
+
+    def device_line(self) -> str:
+        t = torch.get_num_threads()
+        name = f" ({torch.cuda.get_device_name(self.device)})" if self.device_type == "cuda" else ""
+        extra = f", ddp {self.world_size} processes" if self.ddp else ""
+        return (f"device: {self.device}{name}, {t} thread{'s' if t != 1 else ''}, "
+                f"bf16 {'on' if self.bf16 else 'off'}, compile {'on' if self.cfg.compile else 'off'}"
+                f"{', tf32 on' if self.device_type == 'cuda' else ''}{extra}")
+
+    def _write_run_files(self, run_cfg: dict[str, Any] | None) -> None:
+        if not self.master:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if run_cfg is None:
+            run_cfg = {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict(),
+                       "data": self.corpus.source, "tokenizer": self.tokenizer.to_dict(),
+                       "world_size": self.world_size, "device": self.device,
+                       "created_at": runs._now()}
+        else:  # a resumed run may go further, with other threads; the rest stays as recorded
+            run_cfg["train"].update(max_iters=self.cfg.max_iters, threads=self.cfg.threads)
+            self._truncate_metrics()
+        runs.write_json_atomic(self.run_dir / "config.json", run_cfg)
+        prev = runs.read_json(self.run_dir / "status.json") or {}
+        self.status = {"state": "running", "pid": os.getpid(), "iter": self.start_iter,
+                       "max_iters": self.cfg.max_iters, "message": "training",
+                       "device": self.device, "threads": torch.get_num_threads(),
+                       "world_size": self.world_size, "best_val_loss": prev.get("best_val_loss"),
+                       "val_loss": prev.get("val_loss"), "eta_s": None, "tokens_per_s": None}
+        (self.run_dir / "metrics.jsonl").touch()
+        self._write_status()
+
+    def _truncate_metrics(self) -> None:
+        """Drop rows written after the checkpoint we resume from: that work is being redone."""
+        s = self.start_iter
+        keep = [r for r in runs.read_metrics(self.run_dir)
+                if r.get("iter", 0) < s or (r.get("iter") == s and "val_loss" in r)]
+        tmp = self.run_dir / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+        os.replace(tmp, self.run_dir / "metrics.jsonl")
+
+    # -- checkpoints and evaluation ---------------------------------------------------------------
+    def _save(self, sub: str, it: int, with_optimizer: bool) -> None:
+        meta = {"iter": it, "val_loss": self.last_val, "train_loss": self.last_train,
+                "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+                "run": self.cfg.name, "elapsed_s": round(self._elapsed(), 3)}
+        path = ckpt.save(self.run_dir / sub, self.raw_model, self.tokenizer, meta=meta,
+                         optimizer=self.optimizer if with_optimizer else None)
+        if self.cb.on_checkpoint:
+            self.cb.on_checkpoint(Path(path))
+
+    @torch.no_grad()
+    def estimate_loss(self) -> dict[str, float]:
+        """Mean loss over eval_iters batches of each split, on fixed batches (same every eval)."""
+        self.raw_model.eval()
+        gen = torch.Generator().manual_seed(self.cfg.seed + 7)
+        out = {}
+        for split in ("train", "val"):
+            losses = torch.zeros(self.cfg.eval_iters)
+            for k in range(self.cfg.eval_iters):
+                X, Y = self.corpus.get_batch(split, self.cfg.batch_size,
+                                             self.model_cfg.block_size, gen, self.device)
+                with self.ctx:
+                    _, loss = self.raw_model(X, Y)
+                losses[k] = loss.item()
+            out[split] = losses.mean().item()
+        self.raw_model.train()
+        return out
+
+    def _evaluate(self, it: int) -> bool:
+        """Eval, log, save latest/ (and best/); False if the losses are not finite."""
+        losses = self.estimate_loss()
+        if not (math.isfinite(losses["val"]) and math.isfinite(losses["train"])):
+            return False
+        row = {"iter": it, "val_loss": losses["val"], "train_loss_eval": losses["train"]}
+        runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
+        if self.cb.on_eval:
+            self.cb.on_eval(row)
+        self.last_val = losses["val"]
+        improved = losses["val"] < self.best_val
+        self.best_val = min(self.best_val, losses["val"])
+        self._save("latest", it, with_optimizer=True)
+        if improved:
+            self._save("best", it, with_optimizer=False)
+        self._write_status(iter=it, val_loss=self.last_val, best_val_loss=self.best_val)
+        return True
+
+    def _elapsed(self) -> float:
+        return self.elapsed_prev + time.time() - self.t_start
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to cfg.max_iters (or a stop request); return the final status dict.
+
+        Divergence ends the run with state "failed" (returned, not raised); any exception marks
+        the run failed with its message and is re-raised. Earlier checkpoints are never touched.
+        """
+        self.t_start = time.time()
+        try:
+            self._setup()
+            self.t_start = time.time()  # elapsed_s counts training, not data loading and setup
+            return self._loop()
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                state, msg = "interrupted", "interrupted (Ctrl-C); resume to continue from latest/"
+            else:
+                state, msg = "failed", f"{type(e).__name__}: {e}"[:2000]
+            try:
+                self._write_status(state, message=msg)
+            except OSError:
+                pass  # the disk may be what failed; the original error matters more
+            raise
+        finally:
+            if self.master:
+                (self.run_dir / runs.STOP_FILE).unlink(missing_ok=True)
+            if self.ddp and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _loop(self) -> dict[str, Any]:
+        cfg, it = self.cfg, self.start_iter
+        tokens_per_iter = cfg.grad_accum * cfg.batch_size * self.model_cfg.block_size
+        diverged, t_train, t_log, it_log = None, time.time(), 0.0, it
+        X, Y = self._batch()
+        while True:
+            if self.master and (it != self.start_iter or not self.resumed):
+                if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+                    if not self._evaluate(it):
+                        diverged = it
+                if diverged is None and cfg.snapshots and (is_snapshot_iter(it) or it == cfg.max_iters):
+                    self._save(f"snapshots/iter_{it:07d}", it, with_optimizer=False)
+            if it >= cfg.max_iters and diverged is None:
+                self._write_status("finished", iter=it, message=f"finished at iter {it}", eta_s=0)
+                return self.status
+            lr = get_lr(it, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.time()
+            loss_sum = torch.zeros((), device=self.device)
+            for micro in range(self.micro_steps):
+                if self.ddp:  # all-reduce the gradients only on the last micro step
+                    self.model.require_backward_grad_sync = micro == self.micro_steps - 1
+                with self.ctx:
+                    _, loss = self.model(X, Y)
+                    loss = loss / self.micro_steps  # (mean over micro steps)
+                X, Y = self._batch()  # fetch the next batch while the GPU works
+                loss.backward()
+                loss_sum += loss.detach()
+            lossf = loss_sum.item()
+            stop = self._stop_requested()
+            bad = diverged is not None or not math.isfinite(lossf)
+            if self.ddp:  # every rank must agree to stop, else the next all-reduce hangs
+                flags = torch.tensor([float(stop), float(bad)], device=self.device)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                stop, bad = bool(flags[0] > 0), bool(flags[1] > 0)
+            if bad:  # do not step: the weights stay those of the last good iteration
+                it_bad = diverged if diverged is not None else it
+                good = (runs.read_json(self.run_dir / "latest" / "config.json") or {}).get("meta", {})
+                msg = (f"diverged at iter {it_bad} (loss {lossf:.4g}); the last good checkpoint "
+                       f"is latest/ at iter {good.get('iter', '?')}; try a lower --lr")
+                self._say(msg)
+                self._write_status("failed", iter=it_bad, message=msg)
+                return self.status
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.last_train = lossf
+            t_log += time.time() - t0
+            if self.master and it % cfg.log_interval == 0:
+                done = it + 1 - it_log
+                tps = done * tokens_per_iter / max(t_log, 1e-9)
+                row = {"iter": it, "train_loss": lossf, "lr": lr, "tokens_per_s": round(tps, 1),
+                       "elapsed_s": round(self._elapsed(), 3)}
+                runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
+                if self.cb.on_log:
+                    self.cb.on_log(row)
+                per_iter = (time.time() - t_train) / max(1, it + 1 - self.start_iter)
+                self._write_status("stopping" if stop else "running", iter=it + 1, train_loss=lossf,
+                                   tokens_per_s=round(tps, 1),
+                                   eta_s=round(per_iter * (cfg.max_iters - it - 1), 1))
+                t_log, it_log = 0.0, it + 1
+            it += 1
+            if stop:
+                if self.master:
+                    self._save("latest", it, with_optimizer=True)
+                    if cfg.snapshots:
+                        self._save(f"snapshots/iter_{it:07d}", it, with_optimizer=False)
+                msg = f"stopped at iter {it}; resume to continue"
+                self._say(msg)
+                self._write_status("stopped", iter=it, message=msg, eta_s=None)
+                return self.status
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.corpus.get_batch("train", self.cfg.batch_size, self.model_cfg.block_size,
+                                     self.gen, self.device)
