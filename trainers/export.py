@@ -1,0 +1,72 @@
+"""Export a run folder for shipping: every checkpoint re-saved with fp16 (or bf16) weights and no
+optimizer state, plus the run's config, metrics and status. This is how the bundled model
+`checkpoints/shakespeare-char/` was made small enough to commit.
+
+    python -m trainers.export <run-folder> <dest-folder> [--dtype fp16|bf16] [--force]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from gpt.checkpoint import list_snapshots, load, save
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+RUN_FILES = ("config.json", "metrics.jsonl", "status.json")
+
+
+def export_run(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16, force: bool = False
+               ) -> dict[str, int]:
+    """Copy run folder `src` to `dst` with every checkpoint (latest, best, snapshots) re-saved in
+    `dtype` without optimizer state. Returns {"checkpoints": n, "bytes": total size of dst}.
+    Refuses to overwrite an existing `dst` unless force=True."""
+    src, dst = Path(src), Path(dst)
+    if not (src / "config.json").is_file():
+        raise ValueError(f"{src} is not a run folder (no config.json)")
+    if dst.exists():
+        if not force:
+            raise ValueError(f"{dst} exists; pass --force to replace it")
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    status_path = dst / "status.json"
+    if status_path.is_file():  # the shipped copy is not a live process
+        status = json.loads(status_path.read_text())
+        status["pid"] = None
+        status_path.write_text(json.dumps(status, indent=1))
+    folders = [(src / w, dst / w) for w in ("latest", "best") if (src / w / "model.safetensors").is_file()]
+    folders += [(p, dst / "snapshots" / p.name) for _, p in list_snapshots(src)]
+    for a, b in folders:
+        model, tok, meta = load(a)
+        for k in ("source", "source_format"):  # describe the original, not this copy's path
+            meta.pop(k, None)
+        save(b, model, tok, meta=meta, dtype=dtype)
+    size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
+    return {"checkpoints": len(folders), "bytes": size}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", help="run folder to export")
+    ap.add_argument("dst", help="destination folder (must not exist, unless --force)")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype (default fp16)")
+    ap.add_argument("--force", action="store_true", help="replace dst if it exists")
+    args = ap.parse_args(argv)
+    try:
+        out = export_run(args.src, args.dst, DTYPES[args.dtype], force=args.force)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {out['checkpoints']} checkpoints to {args.dst}: {out['bytes'] / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
