@@ -1,0 +1,1 @@
+"""The Streamlit inspector: main.py routes, screens/ hold pages, views/ build figures (pure)."""

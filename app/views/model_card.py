@@ -1,0 +1,74 @@
+"""The model card: what a checkpoint is, in a dict and in markdown. Pure: no Streamlit, no torch math.
+
+model_card(config, tokenizer, meta, n_params, label) -> dict with the rows the Model page shows;
+card_markdown(card) -> a markdown table of it. Values missing from `meta` (an imported nanoGPT
+or Hugging Face model has no val loss) show as "—", never as a made-up number.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gpt.config import GPTConfig
+from gpt.tokenizer import Tokenizer
+
+MISSING = "—"
+SOURCES = {"nanolens": "nanolens checkpoint", "nanogpt": "nanoGPT ckpt.pt", "hf-gpt2": "Hugging Face GPT-2"}
+
+
+def human_count(n: int) -> str:
+    """1234 -> "1.23K", 124439808 -> "124.44M" (parameters, tokens)."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _num(v: Any, fmt: str) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        return MISSING
+    return format(v, fmt)
+
+
+def model_card(config: GPTConfig, tokenizer: Tokenizer, meta: dict[str, Any], n_params: int,
+               label: str = "") -> dict[str, Any]:
+    """Rows of the card, in display order: name, source, shape, parameters, tokenizer, training.
+
+    n_params: every parameter counted once (tied lm_head/wte once), as GPT.get_num_params(False).
+    """
+    c = config
+    tok = f"{tokenizer.kind}, {tokenizer.vocab_size:,} tokens"
+    if c.vocab_size != tokenizer.vocab_size:
+        tok += f" (embedding rows: {c.vocab_size:,})"
+    val = meta.get("val_loss")
+    if val is None:
+        val = meta.get("best_val_loss")
+    return {
+        "Model": label or meta.get("run") or MISSING,
+        "Source": SOURCES.get(meta.get("source_format", ""), meta.get("source_format") or MISSING),
+        "Layers": c.n_layer,
+        "Heads": c.n_head,
+        "Embedding size": c.n_embd,
+        "Head size": c.head_dim,
+        "Context (block_size)": c.block_size,
+        "Vocabulary": c.vocab_size,
+        "Activation": c.activation,
+        "Dropout (training)": c.dropout,
+        "Parameters": f"{human_count(n_params)} ({n_params:,})",
+        "Tokenizer": tok,
+        "Iterations trained": _num(meta.get("iter"), ",d") if isinstance(meta.get("iter"), int) else MISSING,
+        "Val loss": _num(val, ".4f"),
+        "Train loss": _num(meta.get("train_loss"), ".4f"),
+        "Saved at": meta.get("saved_at") or MISSING,
+        "Path": meta.get("source") or MISSING,
+    }
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The card as a two-column markdown table (| field | value |)."""
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| Property | Value |", "|---|---|"]
+    lines += [f"| **{cell(k)}** | {f'`{cell(v)}`' if k == 'Path' else cell(v)} |" for k, v in card.items()]
+    return "\n".join(lines)

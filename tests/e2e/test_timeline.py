@@ -1,0 +1,108 @@
+"""The Timeline page in Chromium: moving the snapshot slider replays the prompt at another snapshot
+(the caption and the heatmap change), Play walks to the last snapshot by itself and stops, and a
+click on a line of the history chart opens that head. Saves test-artifacts/timeline.png."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.e2e.helpers import assert_no_exception, open_app, screenshot, wait_for_app
+
+HEADING = re.compile(r"^iter (\d+)$")
+
+
+@pytest.fixture(scope="module")
+def url(app_server, tiny_checkpoint) -> str:
+    """The Timeline page of a server whose only run is the tiny run (and no bundled model)."""
+    return app_server(tiny_checkpoint.root, NANOLENS_BUNDLED="") + "/timeline"
+
+
+def shown_iter(page) -> int:
+    """The iteration in the replay's heading ("iter N")."""
+    h = page.locator("h4").filter(has_text=HEADING)
+    h.first.wait_for()
+    return int(HEADING.match(h.first.inner_text().strip()).group(1))
+
+
+def step_slider_to(page, target: int, iters: tuple[int, ...]) -> None:
+    """Move the snapshot slider to `target` with the keyboard, one snapshot per key press, waiting
+    for each replay (each press is a rerun that redraws the slider)."""
+    for _ in range(len(iters)):
+        now = shown_iter(page)
+        if now == target:
+            return
+        key = "ArrowLeft" if target < now else "ArrowRight"
+        page.get_by_role("slider").first.press(key)
+        page.wait_for_function("([sel, old]) => { const h = [...document.querySelectorAll(sel)]"
+                               ".find(e => /^iter \\d+$/.test(e.innerText.trim()));"
+                               " return h && h.innerText.trim() !== old; }", arg=["h4", f"iter {now}"])
+        wait_for_app(page)
+    assert shown_iter(page) == target
+
+
+def heatmap(page):
+    return page.locator("[data-testid='stPlotlyChart']").first
+
+
+def test_slider_replays_another_snapshot(page, url: str, tiny_checkpoint) -> None:
+    iters = tiny_checkpoint.iters
+    open_app(page, url)
+    assert_no_exception(page)
+    assert shown_iter(page) == iters[-1]
+    heatmap(page).scroll_into_view_if_needed()
+    page.wait_for_timeout(500)  # let plotly finish drawing before the screenshot
+    before = heatmap(page).screenshot()
+
+    step_slider_to(page, iters[0], iters)
+    assert_no_exception(page)
+    heatmap(page).scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    after = heatmap(page).screenshot()
+    assert after != before, "the heatmap did not change with the snapshot"
+    assert page.get_by_text(f"iter {iters[0]}: figures in").count() == 1
+    page.get_by_text("All heads at the last snapshot").click()  # show the head table in the artifact
+    page.locator("[data-testid='stDataFrame']").first.wait_for()
+    # Streamlit scrolls inside its own container, so a "full page" shot is one viewport: make the
+    # viewport as tall as the page for the artifact.
+    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    page.set_viewport_size({"width": 1280, "height": min(int(height) + 40, 4000)})
+    page.wait_for_timeout(800)
+    shot = screenshot(page, "timeline")
+    assert shot.stat().st_size > 10_000
+
+
+def test_play_walks_to_the_end_and_stops(page, url: str, tiny_checkpoint) -> None:
+    iters = tiny_checkpoint.iters
+    open_app(page, url)
+    step_slider_to(page, iters[0], iters)
+    page.get_by_role("button", name=re.compile("Play")).click()
+    seen = set()
+    for _ in range(100):  # 0.6 s per snapshot; give it up to 20 s on a busy machine
+        page.wait_for_timeout(200)
+        try:
+            seen.add(shown_iter(page))
+        except Exception:  # the heading is being redrawn
+            continue
+        if page.get_by_role("button", name=re.compile("Play")).count() and iters[-1] in seen:
+            break
+    assert iters[-1] in seen and len(seen) >= 2, f"playing showed {sorted(seen)}"
+    wait_for_app(page)
+    assert shown_iter(page) == iters[-1]
+    assert page.get_by_role("button", name=re.compile("Play")).count() == 1  # stopped: Play again
+    assert_no_exception(page)
+
+
+def test_clicking_a_line_opens_that_head(page, url: str) -> None:
+    open_app(page, url)
+    chart = page.locator("[data-testid='stVegaLiteChart']").first
+    chart.scroll_into_view_if_needed()
+    target = chart.locator("path[role='graphics-symbol'][aria-label*='L1H1']").first
+    target.wait_for(state="attached")
+    box = target.bounding_box()
+    assert box is not None, "the L1H1 point is not drawn"
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    wait_for_app(page, settle_ms=600)
+    assert_no_exception(page)
+    head = page.locator("[data-testid='stMetric']").filter(has_text="Head")
+    assert "L1H1" in head.inner_text()

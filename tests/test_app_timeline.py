@@ -1,0 +1,151 @@
+"""The Timeline page under Streamlit's AppTest (no browser): it renders for the tiny run, the
+slider replays the prompt at another snapshot, the head selector and Play drive the same state,
+and a checkpoints root without snapshots gets guidance instead of an error."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit.testing.v1")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from app import resources  # noqa: E402
+
+MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+PAGE = "screens/timeline.py"
+TIMEOUT = 120
+
+
+@pytest.fixture
+def env(tiny_checkpoint, monkeypatch: pytest.MonkeyPatch):
+    """The tiny run as the only run; no bundled model; fresh caches (they are per process)."""
+    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(tiny_checkpoint.root))
+    monkeypatch.setenv("NANOLENS_BUNDLED", "")
+    resources.clear_caches()
+    yield tiny_checkpoint
+    resources.clear_caches()
+
+
+def open_timeline(prompt: str | None = None) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    if prompt is not None:
+        at.session_state["prompt"] = prompt
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Every markdown, caption and metric value on the page, for asserting on what is shown."""
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [f"{m.label}={m.value}" for m in at.metric] + [c.value for c in at.code]
+    return "\n".join(str(p) for p in parts)
+
+
+def slider(at: AppTest):
+    """The snapshot slider (its key changes whenever the page moves it; see the page's docstring)."""
+    (s,) = at.select_slider
+    return s
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def prompt_from(text: str) -> str:
+    """A prompt every character of which the tiny run's vocabulary has."""
+    return text[:48]
+
+
+def test_renders_and_the_slider_replays_another_snapshot(env) -> None:
+    at = open_timeline(prompt_from(env.text))
+    sl = slider(at)
+    assert list(sl.options) == [f"iter {i}" for i in env.iters]
+    assert sl.value == env.iters[-1]  # starts at the most trained snapshot
+    assert f"iter {env.iters[-1]}" in texts(at)
+    loss_last, sample_last = metric(at, "Loss on the prompt"), at.code[0].value
+
+    sl.set_value(env.iters[0]).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.session_state["_tl_iter"] == env.iters[0]
+    shown = texts(at)
+    assert f"#### iter {env.iters[0]}" in shown and f"#### iter {env.iters[-1]}" not in shown
+    assert metric(at, "Loss on the prompt") != loss_last  # an untrained model predicts worse
+    assert float(metric(at, "Loss on the prompt")) > float(loss_last)
+    assert at.code[0].value != sample_last  # greedy text of the random init differs
+    assert not next(m for m in at.metric if m.label == "Loss on the prompt").delta  # no earlier one
+
+    sl = slider(at)
+    sl.set_value(env.iters[1]).run()
+    d = next(m for m in at.metric if m.label == "Loss on the prompt").delta
+    assert d is not None and d.endswith(f"since iter {env.iters[0]}") and d.startswith("-")  # training helped
+
+
+def test_head_selector_sets_the_shared_head(env) -> None:
+    at = open_timeline(prompt_from(env.text))
+    assert metric(at, "Head") == "L0H0"
+    at.selectbox(key="_tl_head").set_value("L1H1").run()
+    assert not at.exception
+    assert at.session_state["layer"] == 1 and at.session_state["head"] == 1
+    assert metric(at, "Head") == "L1H1"
+    for score in ("induction", "entropy", "prev_token"):
+        at.radio(key="_tl_score").set_value(score).run()
+        assert not at.exception, score
+
+
+def test_play_advances_then_stops_at_the_end(env) -> None:
+    at = open_timeline(prompt_from(env.text))
+    slider(at).set_value(env.iters[0]).run()
+    at.button(key="_tl_play").click().run()  # play: shows the current snapshot first
+    assert at.session_state["_tl_playing"] is True
+    assert slider(at).value == env.iters[0]
+    seen = [env.iters[0]]
+    for _ in range(len(env.iters) + 2):  # each run is one timer tick (run_every does not tick in AppTest)
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        seen.append(slider(at).value)
+        if not at.session_state["_tl_playing"]:
+            break
+    assert at.session_state["_tl_playing"] is False, "playing must stop at the last snapshot"
+    assert sorted(set(seen)) == list(env.iters) and seen[-1] == env.iters[-1]
+
+
+def test_unknown_characters_are_reported_not_raised(env) -> None:
+    assert "\u2603" not in env.text
+    at = open_timeline("ROMEO: \u2603 snowman")
+    shown = " ".join(e.value for e in at.error) + " ".join(w.value for w in at.warning)
+    assert "not in this model's vocabulary" in shown
+    assert not at.select_slider  # nothing replayed for a prompt the model cannot read
+    at.checkbox(key="_tl_drop").check().run()  # the offered way out: drop them
+    assert not at.exception and len(at.select_slider) == 1
+
+
+def test_no_snapshots_gives_guidance(tmp_path: Path, env, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(env.run_dir, root / "no-snaps")
+    shutil.rmtree(root / "no-snaps" / "snapshots")
+    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(root))
+    at = open_timeline()
+    assert any("No run with snapshots yet" in i.value for i in at.info)
+
+
+def test_head_table_component_lists_every_head_sorted() -> None:
+    def page() -> None:
+        import streamlit as st
+        import torch
+
+        from app.components import head_table
+
+        scores = {"prev_token": torch.tensor([[0.1, 0.9], [0.5, 0.2]]),
+                  "entropy": torch.tensor([[2.0, 0.5], [1.0, 3.0]])}
+        st.session_state["picked"] = head_table(scores, key="heads", selected=(1, 0), sort_by="prev_token")
+
+    at = AppTest.from_function(page, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.message for e in at.exception]
+    (table,) = at.dataframe
+    assert list(table.value["head"]) == ["L0H1", "L1H0", "L1H1", "L0H0"]  # by previous-token, high first
+    assert table.value["prev_token"].tolist() == pytest.approx([0.9, 0.5, 0.2, 0.1])
+    assert at.session_state["picked"] == (1, 0)  # the open head's row starts selected

@@ -1,0 +1,199 @@
+"""The Train page (AppTest): renders with and without runs, the estimate follows the form, an
+invalid config is refused before anything starts, delete asks first, and a real tiny run can be
+started, followed, stopped and resumed from the page."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from app import resources
+from trainers import runs
+
+MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+
+
+def _reap_runs(root: Path, grace_s: float = 10.0) -> None:
+    """Let every trainer process of a run under root exit (a finished run's process may still be
+    shutting down), then SIGKILL the group of any that is still there."""
+    deadline = time.time() + grace_s
+    for r in runs.list_runs(root):
+        pid = r.get("pid")
+        if r.get("state") in runs.LIVE_STATES and pid:
+            runs.stop(r["name"], root)
+        while pid and runs.pid_alive(pid) and time.time() < deadline:  # pid_alive reaps our children
+            time.sleep(0.1)
+        if pid and runs.pid_alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)  # start_new_session: the trainer leads its group
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+@pytest.fixture
+def root(tmp_path: Path, tiny_checkpoint, monkeypatch: pytest.MonkeyPatch) -> Path:
+    r = tmp_path / "ckpts"
+    shutil.copytree(tiny_checkpoint.run_dir, r / "tiny-run")
+    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(r))
+    monkeypatch.setenv("NANOLENS_BUNDLED", "")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    resources.clear_caches()
+    yield r
+    _reap_runs(r)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def train_page() -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.run()
+    at.switch_page("screens/train.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def captions(at: AppTest) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def test_renders_without_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("NANOLENS_BUNDLED", "")
+    st.cache_resource.clear()
+    at = train_page()
+    assert "No runs yet" in captions(at)
+    from trainers.config import default_threads
+    n = default_threads()
+    assert f"Training uses {n} thread{'s' if n != 1 else ''}, leaving" in captions(at)
+    assert metric(at, "Parameters").endswith("M")
+
+
+def test_runs_table_and_estimate_follow_the_form(root: Path) -> None:
+    at = train_page()
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["tiny-run"] and list(table["state"]) == ["finished"]
+    assert "iter 30 / 30" in captions(at) and "points" in captions(at)  # the chart of the finished run
+    before = metric(at, "Parameters"), metric(at, "Rough time"), metric(at, "Memory (training)")
+    at.number_input(key="_tr_n_layer_tiny").set_value(8)
+    at.run()
+    after = metric(at, "Parameters"), metric(at, "Rough time"), metric(at, "Memory (training)")
+    assert all(a != b for a, b in zip(before, after)), (before, after)
+    assert float(after[0][:-1]) > float(before[0][:-1])
+    at.selectbox(key="_tr_preset").set_value("cpu-small")
+    at.run()
+    assert at.number_input(key="_tr_n_embd_cpu-small").value == 128  # the preset's own values
+
+
+def test_invalid_config_is_refused_before_anything_starts(root: Path) -> None:
+    at = train_page()
+    at.number_input(key="_tr_n_head_tiny").set_value(3)  # 64 % 3 != 0
+    at.run()
+    assert any("divisible by n_head" in e.value for e in at.error)
+    at.button(key="_tr_start").click()
+    at.run()
+    assert any(e.value.startswith("Nothing started") and "n_head" in e.value for e in at.error)
+    assert [r["name"] for r in runs.list_runs(root)] == ["tiny-run"]
+    at.number_input(key="_tr_n_head_tiny").set_value(2)
+    at.number_input(key="_tr_learning_rate_tiny").set_value(0.0)
+    at.run()
+    assert any("--lr must be positive" in e.value for e in at.error)
+
+
+def test_delete_asks_for_confirmation(root: Path) -> None:
+    at = train_page()
+    at.button(key="_tr_delete").click()
+    at.run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    assert (root / "tiny-run").is_dir()
+    at.button(key="_tr_delete_no").click()
+    at.run()
+    assert not at.warning and (root / "tiny-run").is_dir()
+    at.button(key="_tr_delete").click()
+    at.run()
+    at.button(key="_tr_delete_yes").click()
+    at.run()
+    assert not at.exception and not (root / "tiny-run").exists()
+    assert "No runs yet" in captions(at)
+    assert at.session_state["model_ref"] is None  # the deleted run was the model being inspected
+
+
+def wait_state(name: str, root: Path, states: tuple[str, ...], timeout: float = 90) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st_ = runs.status(name, root)
+        if st_["state"] in states:
+            return st_
+        time.sleep(0.3)
+    log = (root / name / "train.log").read_text(errors="replace")[-2000:] if (root / name / "train.log").exists() else ""
+    raise AssertionError(f"{name} did not reach {states}: {runs.status(name, root)}\n{log}")
+
+
+@pytest.mark.slow
+def test_start_stop_resume_a_real_run(root: Path) -> None:
+    at = train_page()
+    at.number_input(key="_tr_max_iters_tiny").set_value(5000)
+    at.number_input(key="_tr_eval_interval_tiny").set_value(20)
+    at.text_input(key="_tr_name").input("ui-run")
+    at.button(key="_tr_start").click()
+    at.run()
+    assert not at.exception and any("Started run ui-run" in s.value for s in at.success)
+    assert at.selectbox(key="_tr_selected").value == "ui-run"
+    wait_state("ui-run", root, ("running",))
+    deadline = time.time() + 60
+    while not (root / "ui-run" / "latest").is_dir() and time.time() < deadline:
+        time.sleep(0.3)
+    at.run()
+    assert "running" in list(at.dataframe[0].value["state"])
+    assert "Sample from the latest checkpoint" in captions(at) and at.code[0].value.strip()
+    at.button(key="_tr_stop").click()
+    at.run()
+    stopped = wait_state("ui-run", root, ("stopped",))
+    at.run()
+    assert at.dataframe[0].value.set_index("run").loc["ui-run", "state"] == "stopped"
+    target = stopped["iter"] + 20
+    at.number_input(key="_tr_resume_to_ui-run").set_value(target)
+    at.button(key="_tr_resume").click()
+    at.run()
+    assert any("Resumed ui-run" in s.value for s in at.success), [e.value for e in at.error]
+    done = wait_state("ui-run", root, ("finished",))
+    assert done["iter"] == target
+    at.run()
+    assert f"iter {target} / {target}" in captions(at)
+
+
+@pytest.mark.slow
+def test_train_on_an_uploaded_text(root: Path) -> None:
+    from pydoc_data.topics import topics
+
+    text = "\n".join(topics[k] for k in sorted(topics))[:20_000]
+    at = train_page()
+    at.selectbox(key="_tr_data").set_value("upload")
+    at.run()
+    assert any("Upload a .txt" in e.value for e in at.error)  # nothing to train on yet
+    at.file_uploader(key="_tr_upload").set_value(("my corpus.txt", text.encode(), "text/plain"))
+    at.number_input(key="_tr_max_iters_tiny").set_value(5)
+    at.number_input(key="_tr_eval_interval_tiny").set_value(5)
+    at.run()
+    assert not at.error
+    at.button(key="_tr_start").click()
+    at.run()
+    assert not at.exception and any("Started run tiny-my-corpus" in s.value for s in at.success), \
+        [e.value for e in at.error]
+    name = at.selectbox(key="_tr_selected").value
+    done = wait_state(name, root, ("finished",))
+    data = runs.read_json(root / name / "config.json")["train"]["data"]
+    assert Path(data).read_text(encoding="utf-8") == text and (root / ".uploads") in Path(data).parents
+    assert done["iter"] == 5

@@ -1,0 +1,185 @@
+"""Pure parts of the Timeline page and the head table (app/views/timeline.py, app/views/heads.py):
+run discovery, the play step, one snapshot's loss and figures, the greedy sample, the history
+frame and chart, and the two selection handlers (chart click, table row) that map a click back to
+(layer, head)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import pytest
+import torch
+
+from app.views import heads as vh
+from app.views import timeline as vt
+from app.views.attention import prompt_head_scores
+from gpt.analysis import HeadScores, head_scores
+from gpt.checkpoint import load
+from gpt.record import Recorder
+
+
+@pytest.fixture(scope="module")
+def snap(tiny_checkpoint):
+    """(model, tokenizer, ids) of the tiny run's last snapshot and a prompt from its corpus."""
+    model, tok, _ = load(tiny_checkpoint.snapshot(tiny_checkpoint.iters[-1]))
+    return model, tok, tok.encode(tiny_checkpoint.text[:24])
+
+
+@pytest.fixture(scope="module")
+def scores(snap) -> HeadScores:
+    return head_scores(snap[0])
+
+
+# -- head ids and the head table --------------------------------------------------------------------
+def test_head_ids_round_trip() -> None:
+    assert vh.head_id(0, 1) == "L0H1" and vh.parse_head_id("L11H10") == (11, 10)
+    for bad in ("", "L1", "H1L0", "L-1H0", None, "L1H1 "[:3]):
+        assert vh.parse_head_id(bad) is None, bad
+
+
+def test_head_frame_rows_match_the_scores(scores: HeadScores) -> None:
+    L, H = scores.entropy.shape
+    frame = vh.head_frame(scores)
+    assert len(frame) == L * H
+    assert list(frame.columns) == ["head", "layer", "head_index", *vh.SCORES]
+    for _, row in frame.iterrows():
+        l, h = int(row["layer"]), int(row["head_index"])
+        assert row["head"] == vh.head_id(l, h)
+        for k in vh.SCORES:
+            assert row[k] == pytest.approx(float(getattr(scores, k)[l, h]))
+
+
+def test_head_frame_takes_a_partial_mapping_and_checks_shapes(snap) -> None:
+    model, _, ids = snap
+    rec = Recorder(["blocks.*.attn.hook_pattern"])
+    model(torch.tensor([ids]), rec=rec)
+    pats = torch.stack([rec[f"blocks.{i}.attn.hook_pattern"][0] for i in range(model.config.n_layer)])
+    frame = vh.head_frame(prompt_head_scores(pats))  # the Attention page's dict: no induction
+    assert "induction" not in frame.columns and {"prev_token", "entropy", "first_token"} <= set(frame.columns)
+    with pytest.raises(ValueError, match="same|matrices"):
+        vh.head_frame({"entropy": torch.zeros(2, 2), "prev_token": torch.zeros(2, 3)})
+    with pytest.raises(ValueError, match="no head scores"):
+        vh.head_frame({"something": torch.zeros(2, 2)})
+
+
+def test_sorting_and_row_picks_follow_the_displayed_frame(scores: HeadScores) -> None:
+    by_prev = vh.head_frame(scores, sort_by="prev_token")
+    assert list(by_prev.index) == list(range(len(by_prev)))
+    assert by_prev["prev_token"].is_monotonic_decreasing
+    assert vh.sort_rows(by_prev, "entropy")["entropy"].is_monotonic_increasing  # focused heads first
+    best = torch.argmax(scores.prev_token).item()
+    H = scores.prev_token.size(1)
+    assert vh.pick_row({"selection": {"rows": [0], "columns": []}}, by_prev) == divmod(best, H)
+    last = by_prev.iloc[-1]
+    assert vh.pick_row({"rows": [len(by_prev) - 1]}, by_prev) == (last["layer"], last["head_index"])
+    assert vh.top_heads(by_prev, "prev_token", 1) == [vh.head_id(*divmod(best, H))]
+    for nothing in (None, {}, {"selection": {"rows": []}}, {"selection": {"rows": [99]}}, "0"):
+        assert vh.pick_row(nothing, by_prev) is None
+    with pytest.raises(ValueError, match="cannot sort"):
+        vh.sort_rows(by_prev, "layer")
+
+
+# -- runs and playing ---------------------------------------------------------------------------------
+def test_runs_with_snapshots_are_found_once(tiny_checkpoint, tmp_path: Path) -> None:
+    run = tiny_checkpoint.run_dir
+    for ref in (run, run / "latest", run / "best", tiny_checkpoint.snapshot(tiny_checkpoint.iters[0])):
+        assert vt.run_of(ref) == run, ref
+    assert vt.run_of(None) is None and vt.run_of(tmp_path) is None
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("snapshots"))
+    got = vt.timeline_runs(run / "best", str(run / "latest"), [bare, run])
+    assert got == [(str(run), f"bundled · {run.name}")]  # one entry; the run without snapshots is out
+    got = vt.timeline_runs(None, str(run / "latest"), [bare, run])
+    assert got == [(str(run), f"{run.name} (current model)")]
+    assert vt.timeline_runs(None, None, [bare]) == []
+
+
+def test_next_iter_walks_to_the_end() -> None:
+    iters = [0, 10, 25]
+    assert vt.next_iter(iters, 0) == (10, False)
+    assert vt.next_iter(iters, 10) == (25, True)
+    assert vt.next_iter(iters, 25) == (25, True)
+    assert vt.next_iter(iters, 7) == (0, False)  # unknown: start over
+    with pytest.raises(ValueError):
+        vt.next_iter([], None)
+
+
+# -- one snapshot ----------------------------------------------------------------------------------
+def test_prompt_loss_is_the_models_loss(snap) -> None:
+    model, _, ids = snap
+    rec = Recorder(list(vt.NAMES))
+    model(torch.tensor([ids]), rec=rec)
+    _, want = model(torch.tensor([ids[:-1]]), torch.tensor([ids[1:]]))
+    assert vt.prompt_loss(rec["logits"], ids) == pytest.approx(want.item(), rel=1e-5)
+    assert vt.forward_loss(model, ids) == pytest.approx(want.item(), rel=1e-6)
+    assert vt.forward_loss(model, ids[:1]) is None
+    assert vt.prompt_loss(rec["logits"][:, :1], ids[:1]) is None
+
+
+def test_snapshot_view_shows_the_chosen_head(snap) -> None:
+    model, tok, ids = snap
+    rec = Recorder(list(vt.NAMES))
+    model(torch.tensor([ids]), rec=rec)
+    L, H = model.config.n_layer, model.config.n_head
+    view = vt.snapshot_view(model, rec, ids, L - 1, H - 1, tok.token_str)
+    z = torch.tensor(view.pattern.data[0].z)
+    assert torch.allclose(z, rec[f"blocks.{L - 1}.attn.hook_pattern"][0, H - 1], atol=1e-6)
+    assert view.pattern.data[0].zmax == 1.0  # same color scale at every snapshot
+    assert len(view.labels) == len(ids) and list(view.pattern.data[0].x) == view.labels
+    assert view.lens.data[0].z.shape == (L + 1, len(ids))
+    assert f"L{L - 1}H{H - 1}" in view.pattern.layout.title.text
+
+
+@pytest.mark.parametrize("T", [10, 32])  # 32 = the tiny model's block_size: the context is cut
+def test_greedy_continuation_is_argmax_decoding(snap, tiny_checkpoint, T: int) -> None:
+    model, tok, _ = snap
+    ids = tok.encode(tiny_checkpoint.text[:T])
+    n = 8
+    got = vt.greedy_continuation(model, ids, n)
+    seq = list(ids)[-(model.config.block_size - n):]  # the sample fits one window with its context
+    ctx = len(seq)
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(torch.tensor([seq]))
+            seq.append(int(logits[0, -1].argmax()))
+    assert len(seq) <= model.config.block_size
+    assert got == seq[ctx:]
+
+
+# -- history -------------------------------------------------------------------------------------------
+def test_history_frame_and_chart(tiny_checkpoint, scores: HeadScores) -> None:
+    first = head_scores(load(tiny_checkpoint.snapshot(tiny_checkpoint.iters[0]))[0])
+    history = [(tiny_checkpoint.iters[0], first), (tiny_checkpoint.iters[-1], scores)]
+    L, H = scores.entropy.shape
+    frame = vt.history_frame(history, "induction")
+    assert len(frame) == 2 * L * H and frame["head"].nunique() == L * H
+    row = frame[(frame["iter"] == tiny_checkpoint.iters[0]) & (frame["head"] == "L1H0")]
+    assert row["value"].item() == pytest.approx(float(first.induction[1, 0]))
+    assert set(frame["layer"]) == {f"L{l}" for l in range(L)}
+    spec = vt.history_chart(frame, "induction", selected="L1H0").to_dict()  # validates the schema
+    params = spec.get("params", []) + [p for layer in spec["layer"] for p in layer.get("params", [])]
+    assert [p["name"] for p in params] == [vt.PICK_PARAM]
+    assert params[0]["select"]["fields"] == ["head"]
+    assert any(layer["mark"]["type"] == "text" for layer in spec["layer"])  # the selected head's label
+    assert isinstance(vt.history_chart(frame, "entropy"), alt.LayerChart)
+    with pytest.raises(ValueError, match="unknown score"):
+        vt.history_frame(history, "loss")
+
+
+def test_chart_pick_maps_a_click_to_a_head() -> None:
+    ev = {"selection": {vt.PICK_PARAM: [{"head": "L1H0", "iter": 10}]}}
+    assert vt.chart_pick(ev, 2, 2) == (1, 0)
+    assert vt.chart_pick(ev["selection"], 2, 2) == (1, 0)
+    assert vt.chart_pick({"head": "L0H1"}, 2, 2) == (0, 1)
+    for nothing in (None, {}, {"selection": {vt.PICK_PARAM: []}}, {"selection": {vt.PICK_PARAM: [{"x": 1}]}}):
+        assert vt.chart_pick(nothing, 2, 2) is None
+    assert vt.chart_pick({"selection": {vt.PICK_PARAM: [{"head": "L5H0"}]}}, 2, 2) is None  # stale
+
+
+def test_history_frame_accepts_mappings() -> None:
+    m = {"prev_token": torch.tensor([[0.1, 0.9]])}
+    frame = vt.history_frame([(0, m), (5, {"prev_token": torch.tensor([[0.2, 0.8]])})], "prev_token")
+    assert isinstance(frame, pd.DataFrame)
+    assert frame.loc[frame["head"] == "L0H1", "value"].tolist() == pytest.approx([0.9, 0.8])
