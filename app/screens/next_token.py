@@ -1,0 +1,67 @@
+"""Next-token page: how surprised the model is by each token of the prompt, and its whole
+next-token distribution at any position, at a chosen temperature.
+
+Widgets and layout only; the figures come from app.views.tokens.build_next_token.
+"""
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from app import resources, state
+from app.views import tokens as vt
+
+POS_KEY, TEMP_KEY, K_KEY, DROP_KEY = "nt_pos", "nt_temperature", "nt_k", "drop_unknown"
+LEVELS = {"info": st.info, "warning": st.warning, "error": st.error}
+
+
+def prompt_box(loaded: resources.Loaded) -> resources.PromptIds:
+    """The shared prompt; stops the page with the checker's message when it cannot run."""
+    text = st.text_area("Prompt", key=state.PROMPT, height=90)
+    drop = False
+    if text and loaded.tokenizer.unknown_chars(text):
+        st.session_state[DROP_KEY] = st.session_state.get(DROP_KEY, False)
+        drop = st.checkbox("Drop the characters this model does not know", key=DROP_KEY)
+    p = resources.prompt_ids(loaded, text, drop_unknown=drop, names=vt.NAMES)
+    if p.message:
+        LEVELS.get(p.level, st.info)(p.message)
+    if not p.ok:
+        st.stop()
+    return p
+
+
+st.title("Next token")
+loaded = resources.require_model()
+p = prompt_box(loaded)
+ids = list(p.ids)
+T = len(ids)
+strs = vt.token_strs(loaded.tokenizer.token_str, ids)
+labels = vt.unique_labels(strs)
+ss = st.session_state
+if ss.get("_nt_ids") != hash(p.ids) or not 0 <= int(ss.get(POS_KEY, -1)) < T:
+    ss[POS_KEY] = T - 1  # a new prompt: start at its last position (what comes after the prompt)
+    ss["_nt_ids"] = hash(p.ids)
+
+c1, c2, c3 = st.columns([2, 2, 1])
+pos = c1.selectbox("Position", range(T), format_func=lambda i: f"after {labels[i]}", key=POS_KEY,
+                   help="The distribution the model predicts for the token that follows this one.")
+temperature = c2.slider("Temperature", 0.0, 2.0, 1.0, 0.05, key=TEMP_KEY,
+                        help="Logits are divided by it before the softmax; 0 is greedy (all mass on the top token).")
+k = c3.number_input("Top k shown", 3, 50, 10, key=K_KEY)
+
+t0 = time.perf_counter()
+rec = resources.trace(loaded, tuple(ids), vt.NAMES)
+view = vt.build_next_token(rec["logits"], ids, strs, loaded.tokenizer.token_str, pos, temperature, int(k))
+ms = (time.perf_counter() - t0) * 1000
+
+st.subheader("How expected was each token?")
+st.markdown(view.strip, unsafe_allow_html=True)
+st.markdown(vt.surprise_legend_html(), unsafe_allow_html=True)
+if view.mean_bits is not None:
+    st.caption(f"Colors use the model's own probabilities (temperature 1). Mean surprise {view.mean_bits:.2f} bits "
+               f"per token over {len(view.surprise_bits)} predictions; hover a token for its numbers.")
+
+st.subheader(f"Next-token distribution after {labels[pos]}")
+st.plotly_chart(view.distribution, width="stretch", key="nt_dist_fig")
+st.caption(f"computed in {ms:.0f} ms (trace + figures; the trace is cached per prompt)")

@@ -1,0 +1,172 @@
+"""Layer figures: residual-stream norms, the logit lens table, and the embedding views.
+
+Pure functions (no Streamlit): tensors from gpt.analysis in, plotly figures out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import plotly.graph_objects as go
+import torch
+from torch.nn import functional as F
+
+from app.views.tokens import light_figure, unique_labels
+from gpt.analysis import NEEDS, embedding_pca, logit_lens, position_similarity, residual_norms
+
+NAMES = tuple(NEEDS["residual_norms"])  # what the page records (covers the logit lens too)
+# radio label -> key of gpt.analysis.residual_norms
+NORM_CHOICES = {
+    "resid pre (block input)": "resid_pre",
+    "resid mid (after attention)": "resid_mid",
+    "resid post (block output)": "resid_post",
+    "attention output": "attn_out",
+    "MLP output": "mlp_out",
+}
+MAX_SIM_SIDE = 256  # the position-similarity matrix is pooled to at most this many cells a side
+TEXT_MAX_POSITIONS = 48  # cell text (token strings) only while it can still be read
+
+
+def _pos_axis() -> dict:
+    return dict(type="category", tickfont=dict(family="monospace", size=10), tickangle=-60)
+
+
+def norm_figure(norms: dict[str, torch.Tensor], key: str, labels: Sequence[str]) -> go.Figure:
+    """Heatmap of one residual-stream quantity's L2 norm, layer (rows) x position (columns).
+    `norms` is gpt.analysis.residual_norms(...) ({key: (L, T)}); `key` one of NORM_CHOICES' values."""
+    if key not in norms:
+        raise ValueError(f"unknown norm {key!r}; choose one of {sorted(norms)}")
+    z = norms[key].detach().float().cpu()  # (L, T)
+    L, T = z.shape
+    if T != len(labels):
+        raise ValueError(f"{T} positions but {len(labels)} labels")
+    rows = [f"block {i}" for i in range(L)]
+    trace = dict(type="heatmap", z=z.numpy(), x=list(labels), y=rows, colorscale="Viridis",
+                 colorbar=dict(title=dict(text="‖x‖")),
+                 hovertemplate="%{y}<br>position %{x}<br>norm=%{z:.3f}<extra></extra>")
+    return light_figure([trace], dict(
+        height=max(220, 30 * L + 140), margin=dict(l=10, r=10, t=30, b=10),
+        title=dict(text=f"‖{key}‖ by layer and position"), xaxis=_pos_axis(), yaxis=dict(autorange="reversed")))
+
+
+def logit_lens_figure(top_ids: torch.Tensor, top_probs: torch.Tensor, rows: Sequence[str],
+                      labels: Sequence[str], token_str: Callable[[int], str],
+                      target_probs: torch.Tensor | None = None) -> go.Figure:
+    """The logit-lens table: cell (row, position) shows the top token read off that layer's residual,
+    colored by its probability; hover lists the top k (and p(actual next token) when given).
+
+    top_ids/top_probs (R, P, k) from gpt.analysis.logit_lens; rows: its R row labels; labels: the P
+    position labels; token_str: id -> display string (tokenizer.token_str)."""
+    R, P, k = top_ids.shape
+    if len(rows) != R or len(labels) != P:
+        raise ValueError(f"lens is {R} rows x {P} positions; got {len(rows)} row and {len(labels)} position labels")
+    ids = top_ids.tolist()
+    probs = top_probs.detach().float().cpu()
+    names = {i: token_str(i) for i in {t for r in ids for p in r for t in p}}  # each id converted once
+    text, hover = [], []
+    for r in range(R):
+        text.append([names[ids[r][p][0]] for p in range(P)])
+        row_hover = []
+        for p in range(P):
+            lines = [f"{j + 1}. {names[ids[r][p][j]]!s}  {float(probs[r, p, j]):.3f}" for j in range(k)]
+            if target_probs is not None and not torch.isnan(target_probs[r, p]):
+                lines.append(f"p(actual next)={float(target_probs[r, p]):.3f}")
+            row_hover.append(f"{rows[r]} · {labels[p]}<br>" + "<br>".join(lines))
+        hover.append(row_hover)
+    show_text = P <= TEXT_MAX_POSITIONS
+    trace = dict(type="heatmap", z=probs[..., 0].numpy(), x=list(labels), y=list(rows), colorscale="YlGnBu",
+                 zmin=0.0, zmax=1.0, text=text, textfont=dict(family="monospace", size=11),
+                 hovertext=hover, hoverinfo="text", colorbar=dict(title=dict(text="p(top)")))
+    if show_text:
+        trace["texttemplate"] = "%{text}"
+    return light_figure([trace], dict(
+        height=max(240, 30 * R + 150), margin=dict(l=10, r=10, t=30, b=10),
+        title=dict(text="logit lens: top next-token guess after each block"), xaxis=_pos_axis(),
+        yaxis=dict(autorange="reversed", type="category")))
+
+
+def embedding_ids(vocab_size: int, prompt_ids: Sequence[int] = (), max_tokens: int = 500) -> list[int]:
+    """Which token ids the PCA scatter shows: all of a small vocabulary; for a BPE vocabulary the
+    first `max_tokens` ids plus the prompt's tokens (so they can be found)."""
+    if vocab_size <= max_tokens:
+        return list(range(vocab_size))
+    keep = list(range(max_tokens))
+    extra = sorted({int(i) for i in prompt_ids if int(i) >= max_tokens})
+    return keep + extra
+
+
+def embedding_figure(coords: torch.Tensor, ratio: torch.Tensor, ids: Sequence[int],
+                     token_str: Callable[[int], str], highlight: Sequence[int] = ()) -> go.Figure:
+    """PCA scatter of token embeddings: coords (V, 2) and explained-variance ratio (2,) from
+    gpt.analysis.embedding_pca, restricted to `ids`; tokens in `highlight` (the prompt's) in red.
+    Labels are drawn on the points when there are few enough to read (<= 120)."""
+    sel = torch.as_tensor(list(ids), dtype=torch.long)
+    xy = coords[sel].detach().float().cpu()  # (N, 2)
+    names = [token_str(int(i)) for i in sel]
+    hot = set(int(i) for i in highlight)
+    colors = ["#e4572e" if int(i) in hot else "#4c78a8" for i in sel]
+    trace = dict(type="scatter", x=xy[:, 0].numpy(), y=xy[:, 1].numpy(),
+                 mode="markers+text" if len(names) <= 120 else "markers",
+                 text=names, textposition="top center", textfont=dict(family="monospace", size=11),
+                 marker=dict(color=colors, size=7), customdata=sel.numpy(),
+                 hovertemplate="id %{customdata}: %{text}<br>(%{x:.3f}, %{y:.3f})<extra></extra>")
+    r = ratio.tolist()
+    return light_figure([trace], dict(
+        height=480, margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text=f"token embeddings, PCA ({len(names)} tokens; red = in the prompt)"),
+        xaxis=dict(title=dict(text=f"PC1 ({r[0]:.0%} of variance)"), zeroline=False),
+        yaxis=dict(title=dict(text=f"PC2 ({r[1]:.0%} of variance)"), zeroline=False)))
+
+
+def position_similarity_figure(sim: torch.Tensor, max_side: int = MAX_SIM_SIDE) -> go.Figure:
+    """Cosine similarity of position embeddings (P, P) as a heatmap; average-pooled to at most
+    max_side cells a side (GPT-2's 1024^2 would be a million cells), axes in positions."""
+    P = sim.size(0)
+    z = sim.detach().float().cpu()
+    step = 1
+    if P > max_side:
+        z = F.adaptive_avg_pool2d(z.view(1, 1, P, P), max_side)[0, 0]  # (S, S)
+        step = P / max_side
+    axis = [round(i * step) for i in range(z.size(0))]
+    trace = dict(type="heatmap", z=z.numpy(), x=axis, y=axis, colorscale="RdBu", zmid=0.0, zmin=-1, zmax=1,
+                 hovertemplate="positions %{y} · %{x}<br>cos=%{z:.3f}<extra></extra>")
+    return light_figure([trace], dict(
+        height=480, margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text="position embeddings: cosine similarity" + (" (pooled)" if step > 1 else "")),
+        xaxis=dict(title=dict(text="position")), yaxis=dict(title=dict(text="position"), autorange="reversed")))
+
+
+def lens_window(T: int, start: int, width: int = 32) -> list[int]:
+    """The positions the logit-lens table shows: `width` positions from `start`, kept inside 0..T-1."""
+    width = max(1, min(width, T))
+    start = max(0, min(start, T - width))
+    return list(range(start, start + width))
+
+
+@dataclass
+class LayersView:
+    """Everything the Layers page draws."""
+
+    norm: go.Figure
+    lens: go.Figure
+    embeddings: go.Figure
+    positions: go.Figure
+
+
+def build(model: torch.nn.Module, rec: Any, ids: Sequence[int], strs: Sequence[str],
+          token_str: Callable[[int], str], norm_key: str, lens_positions: Sequence[int]) -> LayersView:
+    """All of the page's figures from a recording of gpt.analysis.NEEDS["residual_norms"] (which
+    covers the logit lens). One function, so the page and bench/bench_pages.py time the same work."""
+    labels = unique_labels(strs)
+    L = model.config.n_layer
+    norms = residual_norms(rec, L)
+    lens = logit_lens(model, rec, k=5, positions=list(lens_positions), ids=ids)
+    coords, ratio = embedding_pca(model)
+    shown = embedding_ids(model.config.vocab_size, ids)
+    return LayersView(
+        norm=norm_figure(norms, norm_key, labels),
+        lens=logit_lens_figure(lens.top_ids, lens.top_probs, lens.layers, [labels[p] for p in lens.positions],
+                               token_str, lens.target_probs),
+        embeddings=embedding_figure(coords, ratio, shown, token_str, highlight=ids),
+        positions=position_similarity_figure(position_similarity(model)),
+    )

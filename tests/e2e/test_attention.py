@@ -1,0 +1,104 @@
+"""Attention (and Layers) pages in Chromium: a typed prompt shows up as the heatmap's axis labels,
+and clicking a block of the all-heads grid opens that head (the header "layer L, head H" follows).
+Screenshots: test-artifacts/attention.png, attention-clicked.png, layers.png.
+
+Checks use Playwright's `expect`, which retries until the page agrees: on a busy machine a rerun
+can start later than wait_for_app's settle time, and a plain read would see the previous run."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.helpers import assert_no_exception, open_app, screenshot, wait_for_app
+
+HEADER = re.compile(r"^layer \d+, head \d+$")
+EXPECT_TIMEOUT_MS = 30_000  # a rerun with a forward pass, on 2 shared cores, can take a few seconds
+
+
+@pytest.fixture(autouse=True)
+def patient_expect() -> Iterator[None]:
+    """`expect` retries for EXPECT_TIMEOUT_MS in these tests (Playwright's default is 5 s)."""
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
+    try:
+        yield
+    finally:
+        expect.set_options(timeout=5_000)
+
+
+def type_prompt(page, text: str) -> None:
+    """Replace the shared prompt and commit it (Ctrl+Enter submits a Streamlit text area)."""
+    box = page.get_by_label("Prompt")
+    box.fill(text)
+    box.press("Control+Enter")
+    wait_for_app(page)
+
+
+def full_screenshot(page, name: str) -> None:
+    """test-artifacts/<name>.png of the whole page: Streamlit scrolls inside its main container, so
+    a full-page shot of a 900 px viewport would show only the top. Grow the viewport to fit first."""
+    wait_for_app(page)
+    height = page.evaluate("document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    page.set_viewport_size({"width": 1280, "height": min(int(height) + 40, 8000)})
+    page.wait_for_timeout(800)  # plotly and Vega redraw at the new size
+    screenshot(page, name)
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def expect_head(page, layer: int, head: int) -> None:
+    """The page's one "layer L, head H" header says (layer, head), and so do the selectboxes."""
+    expect(page.get_by_role("heading", name=HEADER)).to_have_text(f"layer {layer}, head {head}")
+    expect(page.locator(".st-key-layer input")).to_have_value(str(layer))
+    expect(page.locator(".st-key-head input")).to_have_value(str(head))
+
+
+def click_block(page, layer: int, head: int) -> None:
+    """Click a cell of the (layer, head) block of the all-heads grid (Vega-Lite SVG marks carry
+    their tooltip fields in aria-label) and wait until that head is open."""
+    cells = page.locator("[data-testid='stVegaLiteChart'] "
+                         f"path[role='graphics-symbol'][aria-label*='layer {layer}, head {head};']")
+    expect(cells.first).to_be_attached()
+    cells.nth(cells.count() // 2).click()
+    wait_for_app(page)
+    expect_head(page, layer, head)
+    assert_no_exception(page)
+
+
+def test_prompt_labels_heatmap_and_grid_click_opens_head(page, live_app: str) -> None:
+    open_app(page, live_app + "/attention")
+    assert_no_exception(page)
+    type_prompt(page, "To be, or not")
+    assert_no_exception(page)
+
+    # the pattern heatmap's axes carry the prompt's tokens, made unique by their position
+    axes = page.locator("[data-testid='stPlotlyChart']").first.locator(".xaxislayer-above text")
+    for label in ("0:T", "1:o", "2:·", "4:e", "5:,", "12:t"):
+        expect(axes.filter(has_text=re.compile(f"^{re.escape(label)}$"))).to_have_count(1)
+    expect_head(page, 0, 0)
+    full_screenshot(page, "attention")
+
+    click_block(page, 1, 1)  # the block of layer 1, head 1 in the Vega-Lite grid
+    full_screenshot(page, "attention-clicked")
+
+    # open another head with the selectbox, then click the same block again: it opens again
+    head = page.locator(".st-key-head input")
+    head.click()
+    head.fill("0")
+    head.press("Enter")
+    wait_for_app(page)
+    expect_head(page, 1, 0)
+    click_block(page, 1, 1)
+
+
+def test_layers_page_renders(page, live_app: str) -> None:
+    open_app(page, live_app + "/layers")
+    assert_no_exception(page)
+    expect(page.locator("[data-testid='stPlotlyChart']")).to_have_count(4)  # norms, lens, PCA, positions
+    expect(page.locator("[data-testid='stPlotlyChart'] .heatmaplayer").first).to_be_attached()
+    page.get_by_text("MLP output").click()
+    wait_for_app(page)
+    expect(page.get_by_text("‖mlp_out‖ by layer and position")).to_have_count(1)
+    assert_no_exception(page)
+    full_screenshot(page, "layers")
