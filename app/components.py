@@ -3,6 +3,8 @@
 
 head_table(scores, key)  every head in one sortable table; clicking a row opens that head (it sets
                          the shared session_state "layer" / "head", as the pages' selectors do).
+prompt_box(loaded, names) the shared prompt box with its checks (app.views.prompt): empty, unknown
+                         characters (with an offer to drop them), too long, over the memory estimate.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from app import state
+from app import resources, state
 from app.views import heads as vh
 
 
@@ -67,3 +69,24 @@ def head_table(scores: Any, key: str, selected: tuple[int, int] | None = None,
     event = st.dataframe(frame, key=wkey, hide_index=True, column_config=config, on_select=on_select,
                          selection_mode="single-row", selection_default=default, height=height)
     return vh.pick_row(event, frame)
+
+
+DROP_KEY = "drop_unknown"
+LEVELS = {"info": st.info, "warning": st.warning, "error": st.error}
+
+
+def prompt_box(loaded: "resources.Loaded", names: tuple[str, ...]) -> "resources.PromptIds":
+    """The prompt shared by every page (session_state "prompt"), checked for this model and for the
+    recordings `names` the page will make. Shows the checker's message; stops the page when the
+    prompt cannot run (empty, unknown characters not dropped, over the memory estimate)."""
+    text = st.text_area("Prompt", key=state.PROMPT, height=90)
+    drop = False
+    if text and loaded.tokenizer.unknown_chars(text):
+        st.session_state[DROP_KEY] = st.session_state.get(DROP_KEY, False)
+        drop = st.checkbox("Drop the characters this model does not know", key=DROP_KEY)
+    p = resources.prompt_ids(loaded, text, drop_unknown=drop, names=names)
+    if p.message:
+        LEVELS.get(p.level, st.info)(p.message)
+    if not p.ok:
+        st.stop()
+    return p

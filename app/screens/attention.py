@@ -13,29 +13,14 @@ import time
 
 import streamlit as st
 
-from app import resources, state
+from app import components, resources, state
 from app.views import attention as va
 from app.views.tokens import token_strs, unique_labels
 from gpt.analysis import head_scores
 
-GRID_KEY, QUERY_KEY, DROP_KEY, INDUCTION_KEY = "attn_grid", "attn_query", "drop_unknown", "_attn_induction"
+GRID_KEY, QUERY_KEY, INDUCTION_KEY = "attn_grid", "attn_query", "_attn_induction"
 NAMES = va.NAMES
-LEVELS = {"info": st.info, "warning": st.warning, "error": st.error}
 
-
-def prompt_box(loaded: resources.Loaded) -> resources.PromptIds:
-    """The shared prompt; stops the page with the checker's message when it cannot run."""
-    text = st.text_area("Prompt", key=state.PROMPT, height=90)
-    drop = False
-    if text and loaded.tokenizer.unknown_chars(text):
-        st.session_state[DROP_KEY] = st.session_state.get(DROP_KEY, False)
-        drop = st.checkbox("Drop the characters this model does not know", key=DROP_KEY)
-    p = resources.prompt_ids(loaded, text, drop_unknown=drop, names=NAMES)
-    if p.message:
-        LEVELS.get(p.level, st.info)(p.message)
-    if not p.ok:
-        st.stop()
-    return p
 
 
 st.title("Attention")
@@ -59,7 +44,7 @@ def on_grid_click(key: str) -> None:
         st.session_state[state.LAYER], st.session_state[state.HEAD] = pick
 
 
-p = prompt_box(loaded)
+p = components.prompt_box(loaded, NAMES)
 ids = list(p.ids)
 T = len(ids)
 strs = token_strs(loaded.tokenizer.token_str, ids)
@@ -109,4 +94,8 @@ with st.expander("Induction scores (runs the model on a repeated random sequence
     got = ss.get(INDUCTION_KEY)
     if got is not None and got[0] == stamp:
         st.plotly_chart(va.induction_figure(got[1], (layer, head)), width="stretch", key="attn_induction")
+st.subheader("All heads")
+st.caption("Every head of this prompt in one table: click a column header to sort, a row to open that head.")
+components.head_table({**view.summary, **({"induction": got[1]} if got is not None and got[0] == stamp else {})},
+                      key="attn_head_table", selected=(layer, head))
 st.caption(f"computed in {ms:.0f} ms (trace + figures; the trace is cached per prompt)")

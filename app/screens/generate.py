@@ -11,30 +11,15 @@ import time
 
 import streamlit as st
 
-from app import resources, state
+from app import components, resources, state
 from app.views import generate as vg
 from app.views.tokens import md_label
 from gpt.generate import Generator
 
-GEN_OBJ, DROP_KEY = "_gen_generator", "drop_unknown"
+GEN_OBJ = "_gen_generator"
 TOP_K_SHOWN = 10
 NAMES = ("logits",)  # generation records one attention row per step itself; the prompt check needs a name
-LEVELS = {"info": st.info, "warning": st.warning, "error": st.error}
 
-
-def prompt_box(loaded: resources.Loaded) -> resources.PromptIds:
-    """The shared prompt; stops the page with the checker's message when it cannot run."""
-    text = st.text_area("Prompt", key=state.PROMPT, height=90)
-    drop = False
-    if text and loaded.tokenizer.unknown_chars(text):
-        st.session_state[DROP_KEY] = st.session_state.get(DROP_KEY, False)
-        drop = st.checkbox("Drop the characters this model does not know", key=DROP_KEY)
-    p = resources.prompt_ids(loaded, text, drop_unknown=drop, names=NAMES)
-    if p.message:
-        LEVELS.get(p.level, st.info)(p.message)
-    if not p.ok:
-        st.stop()
-    return p
 
 
 # -- callbacks: they run before the script, on the Generator and state of the previous run ----------
@@ -85,7 +70,7 @@ def do_force(token: int) -> None:
 # -- the page -----------------------------------------------------------------------------------------
 st.title("Generate")
 loaded = resources.require_model()
-p = prompt_box(loaded)
+p = components.prompt_box(loaded, NAMES)
 ss = st.session_state
 
 with st.expander("Sampling settings", expanded=False):

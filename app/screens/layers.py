@@ -8,33 +8,18 @@ import time
 
 import streamlit as st
 
-from app import resources, state
+from app import components, resources
 from app.views import layers as vl
 from app.views.tokens import token_strs, unique_labels
 
-NORM_KEY, LENS_KEY, DROP_KEY = "layers_norm", "layers_lens_start", "drop_unknown"
+NORM_KEY, LENS_KEY = "layers_norm", "layers_lens_start"
 LENS_WIDTH = 32  # positions in the logit-lens table at once: enough to read the token in each cell
-LEVELS = {"info": st.info, "warning": st.warning, "error": st.error}
 
-
-def prompt_box(loaded: resources.Loaded) -> resources.PromptIds:
-    """The shared prompt; stops the page with the checker's message when it cannot run."""
-    text = st.text_area("Prompt", key=state.PROMPT, height=90)
-    drop = False
-    if text and loaded.tokenizer.unknown_chars(text):
-        st.session_state[DROP_KEY] = st.session_state.get(DROP_KEY, False)
-        drop = st.checkbox("Drop the characters this model does not know", key=DROP_KEY)
-    p = resources.prompt_ids(loaded, text, drop_unknown=drop, names=vl.NAMES)
-    if p.message:
-        LEVELS.get(p.level, st.info)(p.message)
-    if not p.ok:
-        st.stop()
-    return p
 
 
 st.title("Layers")
 loaded = resources.require_model()
-p = prompt_box(loaded)
+p = components.prompt_box(loaded, vl.NAMES)
 ids = list(p.ids)
 T = len(ids)
 strs = token_strs(loaded.tokenizer.token_str, ids)

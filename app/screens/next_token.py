@@ -9,31 +9,16 @@ import time
 
 import streamlit as st
 
-from app import resources, state
+from app import components, resources
 from app.views import tokens as vt
 
-POS_KEY, TEMP_KEY, K_KEY, DROP_KEY = "nt_pos", "nt_temperature", "nt_k", "drop_unknown"
-LEVELS = {"info": st.info, "warning": st.warning, "error": st.error}
+POS_KEY, TEMP_KEY, K_KEY = "nt_pos", "nt_temperature", "nt_k"
 
-
-def prompt_box(loaded: resources.Loaded) -> resources.PromptIds:
-    """The shared prompt; stops the page with the checker's message when it cannot run."""
-    text = st.text_area("Prompt", key=state.PROMPT, height=90)
-    drop = False
-    if text and loaded.tokenizer.unknown_chars(text):
-        st.session_state[DROP_KEY] = st.session_state.get(DROP_KEY, False)
-        drop = st.checkbox("Drop the characters this model does not know", key=DROP_KEY)
-    p = resources.prompt_ids(loaded, text, drop_unknown=drop, names=vt.NAMES)
-    if p.message:
-        LEVELS.get(p.level, st.info)(p.message)
-    if not p.ok:
-        st.stop()
-    return p
 
 
 st.title("Next token")
 loaded = resources.require_model()
-p = prompt_box(loaded)
+p = components.prompt_box(loaded, vt.NAMES)
 ids = list(p.ids)
 T = len(ids)
 strs = vt.token_strs(loaded.tokenizer.token_str, ids)
