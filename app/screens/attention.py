@@ -94,7 +94,7 @@ with st.expander("Induction scores (runs the model on a repeated random sequence
     got = ss.get(INDUCTION_KEY)
     if got is not None and got[0] == stamp:
         st.plotly_chart(va.induction_figure(got[1], (layer, head)), width="stretch", key="attn_induction")
-st.subheader("All heads")
+st.subheader("Head table")
 st.caption("Every head of this prompt in one table: click a column header to sort, a row to open that head.")
 components.head_table({**view.summary, **({"induction": got[1]} if got is not None and got[0] == stamp else {})},
                       key="attn_head_table", selected=(layer, head))
