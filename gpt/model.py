@@ -84,8 +84,9 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=_mask(T, Tk, x.device),
                                                    dropout_p=self.dropout if self.training else 0.0)
         else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk)
-            att = att.masked_fill(~_mask(T, Tk, x.device), float("-inf"))
+            # scale q before the product: T*hs multiplies instead of T*Tk, and mask in place
+            att = (q * (1.0 / math.sqrt(hs))) @ k.transpose(-2, -1)  # (B, nh, T, Tk)
+            att.masked_fill_(~_mask(T, Tk, x.device), float("-inf"))
             if rec.wants(prefix + "attn.hook_attn_scores"):
                 rec.save(prefix + "attn.hook_attn_scores", att)
             att = F.softmax(att, dim=-1)
