@@ -75,15 +75,17 @@ DROP_KEY = "drop_unknown"
 LEVELS = {"info": st.info, "warning": st.warning, "error": st.error}
 
 
-def prompt_box(loaded: "resources.Loaded", names: tuple[str, ...]) -> "resources.PromptIds":
+def prompt_box(loaded: "resources.Loaded", names: tuple[str, ...] | list[str], where: Any = st
+               ) -> "resources.PromptIds":
     """The prompt shared by every page (session_state "prompt"), checked for this model and for the
-    recordings `names` the page will make. Shows the checker's message; stops the page when the
-    prompt cannot run (empty, unknown characters not dropped, over the memory estimate)."""
-    text = st.text_area("Prompt", key=state.PROMPT, height=90)
+    recordings `names` the page will make. `where` is the container the box goes in (default: the
+    page). Shows the checker's message; stops the page when the prompt cannot run (empty, unknown
+    characters not dropped, over the memory estimate)."""
+    text = where.text_area("Prompt", key=state.PROMPT, height=90)
     drop = False
     if text and loaded.tokenizer.unknown_chars(text):
         st.session_state[DROP_KEY] = st.session_state.get(DROP_KEY, False)
-        drop = st.checkbox("Drop the characters this model does not know", key=DROP_KEY)
+        drop = where.checkbox("Drop the characters this model does not know", key=DROP_KEY)
     p = resources.prompt_ids(loaded, text, drop_unknown=drop, names=names)
     if p.message:
         LEVELS.get(p.level, st.info)(p.message)

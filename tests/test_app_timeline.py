@@ -119,7 +119,7 @@ def test_unknown_characters_are_reported_not_raised(env) -> None:
     shown = " ".join(e.value for e in at.error) + " ".join(w.value for w in at.warning)
     assert "not in this model's vocabulary" in shown
     assert not at.select_slider  # nothing replayed for a prompt the model cannot read
-    at.checkbox(key="_tl_drop").check().run()  # the offered way out: drop them
+    at.checkbox(key="drop_unknown").check().run()  # the offered way out: drop them
     assert not at.exception and len(at.select_slider) == 1
 
 

@@ -26,10 +26,9 @@ from gpt.checkpoint import CheckpointError, list_snapshots, load
 from trainers.runs import list_runs
 
 RUN_KEY, ITER_KEY, PLAY_KEY, HOLD_KEY, SLIDER_GEN = "_tl_run", "_tl_iter", "_tl_playing", "_tl_hold", "_tl_gen"
-SCORE_KEY, HEAD_KEY, CHART_KEY, DROP_KEY, MEMO_KEY = "_tl_score", "_tl_head", "_tl_chart", "_tl_drop", "_tl_memo"
+SCORE_KEY, HEAD_KEY, CHART_KEY, MEMO_KEY = "_tl_score", "_tl_head", "_tl_chart", "_tl_memo"
 PLAY_EVERY_S = 0.6
 MEMO_ENTRIES = 512  # head scores and samples are small: (L, H) tensors and 40 token ids
-LEVELS = {"info": st.info, "warning": st.warning, "error": st.error}
 ss = st.session_state
 
 
@@ -86,16 +85,7 @@ except CheckpointError as e:
 top[1].caption(f"{len(iters)} snapshots, iter {iters[0]} … {iters[-1]} · {final.config.n_layer} layers × "
                f"{final.config.n_head} heads")
 
-text = top[1].text_area("Prompt", key=state.PROMPT, height=90)
-drop = False
-if text and final.tokenizer.unknown_chars(text):
-    ss[DROP_KEY] = ss.get(DROP_KEY, False)
-    drop = top[1].checkbox("Drop the characters this model does not know", key=DROP_KEY)
-p = resources.prompt_ids(final, text, drop_unknown=drop, names=vt.NAMES)
-if p.message:
-    LEVELS.get(p.level, st.info)(p.message)
-if not p.ok:
-    st.stop()
+p = components.prompt_box(final, vt.NAMES, where=top[1])
 ids = tuple(p.ids)
 
 L, H = final.config.n_layer, final.config.n_head

@@ -1,0 +1,63 @@
+"""The Walkthrough page in Chromium with the tiny run: choosing the attention stage (with the
+selector, and by clicking its box in the diagram) opens it up down to the q·kᵀ heatmap."""
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from tests.e2e.helpers import assert_no_exception, open_app, screenshot, wait_for_app
+
+ATTN = "Multi-head self-attention"
+N_TOP = 8  # tiny model (2 layers): ids, wte, wpe, +, block 0, block 1, ln_f, lm_head; then the block's inside
+ATTN_POINT = N_TOP + 1  # LN 1, attn, +, LN 2, MLP, +
+
+
+def _stage_selector(page):
+    return page.get_by_test_id("stSelectbox").filter(has_text="Stage")
+
+
+def _qk_chart(page):
+    """The plotly chart with a panel titled q·kᵀ (the scores before the mask)."""
+    return page.locator("[data-testid='stPlotlyChart']").filter(
+        has=page.locator(".annotation-text", has_text="q·kᵀ/√"))
+
+
+def test_attention_stage_shows_qk_heatmap(page, live_app: str) -> None:
+    page.set_viewport_size({"width": 1280, "height": 3000})  # the diagram and the opened head in one shot
+    open_app(page, live_app + "/walkthrough")
+    assert_no_exception(page)
+    diagram = page.locator("[data-testid='stPlotlyChart']").first
+    assert diagram.locator(".scatterlayer .point").count() == N_TOP + 6, "one box per stage of a 2-layer model"
+    assert _qk_chart(page).count() == 0, "attention is not the default stage"
+
+    _stage_selector(page).locator("input").click()
+    page.get_by_role("option", name=ATTN, exact=True).click()
+    wait_for_app(page)
+    assert_no_exception(page)
+    heading = page.get_by_role("heading", name="scaled scores q·kᵀ/√d")
+    assert heading.count() == 1 and heading.first.is_visible()
+    chart = _qk_chart(page)
+    assert chart.count() == 1
+    chart.first.scroll_into_view_if_needed()
+    assert chart.first.locator(".heatmaplayer image").count() >= 6, "the six step panels are drawn"
+    assert page.get_by_role("heading", name="Inside attention: head 0 of block 0").count() == 1
+    page.get_by_role("heading", name="Walkthrough").first.scroll_into_view_if_needed()
+    shot = screenshot(page, "walkthrough")
+    assert shot.stat().st_size > 10_000
+
+
+def test_clicking_the_attention_box_selects_it(page, live_app: str) -> None:
+    page.set_viewport_size({"width": 1280, "height": 1400})
+    open_app(page, live_app + "/walkthrough")
+    point = page.locator("[data-testid='stPlotlyChart']").first.locator(".scatterlayer .point").nth(ATTN_POINT)
+    box = point.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)  # plotly picks the clicked point from its hover data: hover first
+    page.wait_for_timeout(200)
+    page.mouse.click(x, y)
+    # the selection reaches the server a moment after the click: wait for its rerun's result
+    expect(_stage_selector(page).locator("input")).to_have_value(ATTN, timeout=30_000)
+    wait_for_app(page)
+    assert_no_exception(page)
+    expect(page.get_by_role("heading", name="scaled scores q·kᵀ/√d")).to_have_count(1)
+    screenshot(page, "walkthrough-click")

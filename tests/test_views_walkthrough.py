@@ -1,0 +1,227 @@
+"""app/views/walkthrough(_stages): the pure parts of the Walkthrough page, on a small random GPT.
+
+The stages must show the model's real values (checked against the modules computed by hand), record
+only what they show, and have the shapes the diagram prints; the training view's per-position losses
+must average to forward's loss; the generation step must show what gpt.generate draws from."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from app.views import walkthrough as vw
+from app.views import walkthrough_stages as vs
+from gpt.config import GPTConfig
+from gpt.generate import Generator, sampling_distribution
+from gpt.model import GPT
+from gpt.record import Recorder
+
+T = 11
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    m = GPT(cfg).eval()
+    with torch.no_grad():  # non-trivial LayerNorm gains and biases, so the LN stages are really tested
+        for mod in m.modules():
+            if isinstance(mod, type(m.transformer.ln_f)):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.normal_(0, 0.1)
+    return m
+
+
+@pytest.fixture(scope="module")
+def ids() -> list[int]:
+    return torch.randint(40, (T,), generator=torch.Generator().manual_seed(1)).tolist()
+
+
+def record(model: GPT, ids: list[int], names: tuple[str, ...]) -> Recorder:
+    rec = Recorder(list(names))
+    with torch.no_grad():
+        model(torch.tensor([ids]), rec=rec)
+    return rec
+
+
+def label(i: int) -> str:
+    return f"t{i}"
+
+
+# -- training ------------------------------------------------------------------------------------------
+def test_per_position_losses_average_to_the_forward_loss(model: GPT, ids: list[int]) -> None:
+    tv = vw.training_view(model, ids)
+    assert tv.x == ids[:-1] and tv.y == ids[1:]  # targets are the input shifted by one
+    assert tv.per_position.shape == (T - 1,)
+    assert tv.mean == pytest.approx(tv.loss, abs=1e-5)
+    # each position's loss is -ln p(target) under the model's own full-sequence logits
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids]), rec=Recorder(["logits"]))  # (1, T, V)
+    logp = F.log_softmax(logits[0, :-1], dim=-1)  # (T-1, V); causal: positions < T-1 see the same
+    torch.testing.assert_close(tv.per_position, -logp[torch.arange(T - 1), torch.tensor(ids[1:])])
+    assert torch.all(tv.target_rank >= 1) and torch.all(tv.top_probs[:, :-1] >= tv.top_probs[:, 1:])
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        vw.training_view(model, ids[:1])
+
+
+def test_training_table_marks_the_true_next_token(model: GPT, ids: list[int]) -> None:
+    tv = vw.training_view(model, ids, k=5)
+    table = vw.training_table(tv, label)
+    assert len(table) == T - 1 and table["target y"].tolist() == [label(i) for i in ids[1:]]
+    for t, row in table.iterrows():
+        in_top = int(tv.target_rank[t]) <= 5
+        assert (f"✓{label(ids[t + 1])} " in row["predicted top 5 (✓ = target)"]) == in_top
+    assert float(vw.loss_figure(tv, [label(i) for i in ids[1:]]).layout.shapes[0].y0) == pytest.approx(tv.mean)
+
+
+# -- stages --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", [s for s in vs.STAGE_KEYS if s != "ids"])
+def test_each_stage_records_only_its_names_and_has_the_printed_shape(model: GPT, ids: list[int], stage: str) -> None:
+    layer = 1
+    names = vs.stage_names(stage, layer)
+    rec = record(model, ids, names)
+    assert set(rec.names()) == set(names)  # nothing else is recorded
+    sv = vs.stage_values(stage, layer, rec, model)
+    printed = vs.stage_shapes(model.config, T)[stage].split("→")[-1]  # the output shape
+    dims = tuple(int(d) for d in re.findall(r"\d+", printed))
+    assert sv.shape[-len(dims):] == dims and sv.values.shape == (T, sv.shape[-1])
+    assert all(n.shape == (T,) for n in sv.norms.values())
+    detail = vw.stage_detail(stage, layer, 0, rec, model, [label(i) for i in ids], label)
+    assert len(detail.figures) == 1 + (stage == "mlp") and bool(detail.panels) == (stage == "attn")
+    fig = detail.figures[0]  # the values heatmap beside the norms, on the same position rows
+    assert fig.data[0].type == "heatmap" and list(fig.data[0].y) == [label(i) for i in ids]
+    assert fig.layout.yaxis2.matches == "y" and len(fig.data) == 1 + len(sv.norms) + (stage == "attn")
+    torch.testing.assert_close(torch.tensor(fig.data[1].x), next(iter(sv.norms.values())))
+
+
+def test_stage_values_are_the_models_own(model: GPT, ids: list[int]) -> None:
+    idx = torch.tensor([ids])
+    h = model.transformer.h
+    with torch.no_grad():
+        x0 = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(T))  # (1, T, C)
+        ln1 = h[0].ln_1(x0)
+        mid = x0 + h[0].attn(ln1)
+        post = mid + h[0].mlp(h[0].ln_2(mid))
+        x = h[1](post)
+        logits = model.lm_head(model.transformer.ln_f(x))
+
+    def values(stage: str, layer: int = 0) -> torch.Tensor:
+        return vs.stage_values(stage, layer, record(model, ids, vs.stage_names(stage, layer)), model).values
+
+    close = dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values("embed"), x0[0], **close)
+    torch.testing.assert_close(values("tok_emb") + values("pos_emb"), x0[0], **close)
+    torch.testing.assert_close(values("ln1"), ln1[0], **close)  # gain and bias applied
+    torch.testing.assert_close(values("resid_mid"), mid[0], **close)
+    torch.testing.assert_close(values("resid_post"), post[0], **close)
+    torch.testing.assert_close(values("ln_f", 1), model.transformer.ln_f(x)[0], **close)
+    torch.testing.assert_close(values("logits"), logits[0], **close)
+    sv = vs.stage_values("resid_mid", 0, record(model, ids, vs.stage_names("resid_mid", 0)), model)
+    before, added, after = sv.norms.values()
+    torch.testing.assert_close(after, mid[0].norm(dim=-1), **close)
+    torch.testing.assert_close(before, x0[0].norm(dim=-1), **close)
+    assert not torch.allclose(before, after)
+
+
+def test_attention_steps_open_up_one_head(model: GPT, ids: list[int]) -> None:
+    layer, head = 1, 1
+    rec = record(model, ids, vs.stage_names("attn", layer))
+    s = vs.attention_steps(rec, layer, head)
+    hs = model.config.head_dim
+    assert s.q.shape == s.k.shape == s.v.shape == s.z.shape == (T, hs) and s.raw.shape == (T, T)
+    assert torch.equal(s.mask, torch.ones(T, T, dtype=torch.bool).tril())
+    masked = s.raw.masked_fill(~s.mask, float("-inf"))
+    torch.testing.assert_close(masked, s.scores)  # q·kᵀ/√d then the mask is what the model computed
+    torch.testing.assert_close(s.pattern, F.softmax(masked, dim=-1))
+    torch.testing.assert_close(s.pattern.sum(-1), torch.ones(T))
+    assert torch.all(s.pattern[~s.mask] == 0)
+    torch.testing.assert_close(s.z, s.pattern @ s.v, atol=1e-5, rtol=1e-5)
+    panels = vs.attention_panels(s, [label(i) for i in ids], model.config.n_head)
+    assert [p.heading[0] for p in panels] == ["①", "②"] and "⑤" in panels[1].heading
+    assert "q·kᵀ" in panels[1].heading and f"({T}, {T})" in panels[1].note
+    steps = panels[1].figures[0]
+    titles = [a.text for a in steps.layout.annotations]
+    assert titles[0].startswith("<b>② q·kᵀ/√") and any("⑤ z" in t for t in titles)
+    torch.testing.assert_close(torch.tensor(steps.data[0].z), s.raw)  # the panels draw these tensors
+    torch.testing.assert_close(torch.tensor(steps.data[3].z), s.pattern)
+
+
+def test_big_matrices_are_cut_and_big_vocabularies_reduced() -> None:
+    sv = vs.StageValues("mlp", 0, torch.randn(100, 1000), {"‖x‖": torch.ones(100)}, hidden=torch.randn(100, 4000))
+    keep = vs.cut_columns(sv.values)
+    assert keep == vs.MAX_CELLS // 100 and vs.cut_columns(torch.zeros(3, 5), 10) == 5
+    fig = vs.stage_figure(sv, [str(i) for i in range(100)])
+    assert len(fig.data[0].z[0]) == keep and f"first {keep} shown" in fig.layout.annotations[0].text
+    assert len(vs.hidden_figure(sv.hidden, [str(i) for i in range(100)]).data[0].z[0]) == keep
+    logits = torch.zeros(3, 5000)
+    logits[1, 4321] = 9.0
+    cols = vs.logits_columns(logits, max_columns=8)
+    assert len(cols) == 8 and 4321 in cols and cols == sorted(cols)
+    assert vs.logits_columns(torch.zeros(3, 65)) == list(range(65))
+
+
+# -- diagram -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cfg", [GPTConfig.preset("tiny"), GPTConfig.preset("cpu-small"), GPTConfig.preset("gpt2"),
+                                 GPTConfig(block_size=8, vocab_size=5, n_layer=1, n_head=1, n_embd=4)],
+                         ids=["tiny", "cpu-small", "gpt2", "one-layer"])
+def test_diagram_is_drawn_from_the_config(cfg: GPTConfig) -> None:
+    fig = vw.diagram_figure(cfg, 7, "attn", cfg.n_layer - 1)
+    keys = list(fig.data[0].customdata)
+    assert set(vs.STAGE_KEYS) <= set(keys)  # every stage is a box
+    assert [k for k in keys if k.startswith("block:")] == [f"block:{i}" for i in range(cfg.n_layer)]
+    text = " ".join(a.text for a in fig.layout.annotations)
+    assert f"(1, 7, {cfg.n_embd})" in text and f"(1, 7, {cfg.vocab_size})" in text
+    assert f"(1, {cfg.n_head}, 7, {cfg.head_dim})" in text and f"n_layer = {cfg.n_layer}" in text
+    outlined = {k for k, w in zip(keys, fig.data[0].marker.line.width) if w > 1}
+    assert outlined == {"attn", f"block:{cfg.n_layer - 1}"}
+
+
+def test_pick_reads_a_click() -> None:
+    def ev(data) -> dict:
+        return {"selection": {"points": [{"curve_number": 0, "customdata": data}], "point_indices": [0]}}
+    assert vw.pick(ev("mlp"), "tok_emb", 4) == ("mlp", None)
+    assert vw.pick(ev(["ln_f"]), "attn", 4) == ("ln_f", None)
+    assert vw.pick(ev("block:3"), "attn", 4) == ("attn", 3)  # an in-block stage is kept
+    assert vw.pick(ev("block:2"), "logits", 4) == ("resid_post", 2)  # else the block's output
+    for bad in (ev("block:9"), ev("nope"), ev(None), {"selection": {"points": []}}, None, {}):
+        assert vw.pick(bad, "attn", 4) is None
+
+
+# -- generation ----------------------------------------------------------------------------------------
+def test_a_generation_step_shows_the_crop_and_what_is_drawn(model: GPT) -> None:
+    B = model.config.block_size
+    long = torch.randint(40, (B + 5,), generator=torch.Generator().manual_seed(2)).tolist()
+    gen = Generator(model, long, temperature=0.7, top_k=5, seed=3)
+    step = gen.step()
+    assert step.cropped and step.ctx_start == 5  # the loop kept the last block_size tokens
+    note = vw.crop_note(step.pos, B)
+    assert f"ids[5:] (1, {B})" in note and "first 5 are cropped away" in note
+    assert "nothing to crop" in vw.crop_note(B, B)
+    table = vw.step_table(step, 0.7, 5, None, label)
+    drawn = sampling_distribution(step.logits, 0.7, 5)
+    for _, row in table.iterrows():
+        assert row["p at temperature 0.7"] == pytest.approx(float(drawn[row["id"]]))
+    assert table.loc[table["sampled"] != "", "id"].tolist() == [step.token]
+    assert table["logit"].is_monotonic_decreasing or table["sampled"].iloc[-1]
+    html = vw.context_html(gen.ids, label, step.ctx_start, step.pos)
+    assert html.count("line-through") == 5 and html.count("outline") == 1
+    assert len(vw.step_figure(table).data) == 2
+
+
+def test_ids_strip_shows_each_token_with_its_id_escaped() -> None:
+    html = vw.ids_html(["a", "<b>", "·"], [3, 14, 15])
+    assert html.count("position ") == 3 and ">14</span>" in html
+    assert "<b>" not in html and "&#60;b&#62;" in html  # token text never becomes markup
+
+
+def test_long_prompts_draw_only_the_last_positions_of_a_head(model: GPT, ids: list[int],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vs, "MAX_ATTN_POSITIONS", 5)
+    s = vs.attention_steps(record(model, ids, vs.stage_names("attn", 0)), 0, 0)
+    panels = vs.attention_panels(s, [label(i) for i in ids], model.config.n_head)
+    raw = panels[1].figures[0]
+    assert len(raw.data[0].z) == 5 and len(raw.data[0].z[0]) == 5 and "last 5" in raw.layout.annotations[0].text
+    assert list(raw.data[0].y) == [label(i) for i in ids[-5:]]
+    torch.testing.assert_close(torch.tensor(raw.data[0].z), s.raw[-5:, -5:])
