@@ -22,6 +22,7 @@ a thread or child process behind: a thread still running torch when Python exits
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before anything imports torch
 
@@ -130,6 +131,29 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
 
 # -- live Streamlit servers --------------------------------------------------------------------------
 AppServer = Callable[..., str]
+
+
+@pytest.fixture
+def app_root(tmp_path: Path, tiny_checkpoint: TinyRun, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private checkpoints root holding a copy of the tiny run (tests may write to it), set as the
+    app's root with no bundled model and no trace-size override; every app cache is cleared before
+    and after, since AppTest instances in one process share them."""
+    import streamlit as st
+
+    from app import resources
+
+    r = tmp_path / "ckpts"
+    shutil.copytree(tiny_checkpoint.run_dir, r / "tiny-run")
+    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(r))
+    monkeypatch.setenv("NANOLENS_BUNDLED", "")
+    monkeypatch.delenv("NANOLENS_MAX_TRACE_BYTES", raising=False)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    resources.clear_caches()
+    yield r
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    resources.clear_caches()
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,12 @@ prompt (empty, unknown characters, too long, over the memory limit) gets a messa
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-from app import resources
 from app.views import generate as vg
 from gpt.generate import Generator
 from gpt.config import GPTConfig
@@ -24,16 +21,9 @@ PAGES = {"attention": "screens/attention.py", "layers": "screens/layers.py",
 
 
 @pytest.fixture
-def root(tmp_path: Path, tiny_checkpoint, monkeypatch: pytest.MonkeyPatch) -> Path:
-    r = tmp_path / "ckpts"
-    shutil.copytree(tiny_checkpoint.run_dir, r / "tiny-run")
-    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(r))
-    monkeypatch.setenv("NANOLENS_BUNDLED", "")
-    monkeypatch.delenv("NANOLENS_MAX_TRACE_BYTES", raising=False)
-    st.cache_resource.clear()
-    resources.clear_caches()
-    yield r
-    st.cache_resource.clear()
+def root(app_root: Path) -> Path:
+    """A private checkpoints root with a copy of the tiny run (see conftest.app_root)."""
+    return app_root
 
 
 def open_page(page: str, prompt: str | None = "To be, or not to be") -> AppTest:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -13,23 +12,14 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from app import resources
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 
 
 @pytest.fixture
-def root(tmp_path: Path, tiny_checkpoint, monkeypatch: pytest.MonkeyPatch) -> Path:
-    r = tmp_path / "ckpts"
-    shutil.copytree(tiny_checkpoint.run_dir, r / "tiny-run")
-    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(r))
-    monkeypatch.setenv("NANOLENS_BUNDLED", "")
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    resources.clear_caches()
-    yield r
-    st.cache_resource.clear()
-    st.cache_data.clear()
+def root(app_root: Path) -> Path:
+    """A private checkpoints root with a copy of the tiny run (see conftest.app_root)."""
+    return app_root
 
 
 def app() -> AppTest:

@@ -3,7 +3,6 @@ running app: defaults, model discovery, labels, prompt checks, the trace cache a
 from __future__ import annotations
 
 import io
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -19,15 +18,9 @@ from gpt.tokenizer import CharTokenizer, GPT2Tokenizer
 
 
 @pytest.fixture
-def root(tmp_path: Path, tiny_checkpoint, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private checkpoints root holding a copy of the tiny run (tests may write to it)."""
-    r = tmp_path / "ckpts"
-    shutil.copytree(tiny_checkpoint.run_dir, r / "tiny-run")
-    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(r))
-    monkeypatch.setenv("NANOLENS_BUNDLED", "")
-    resources.clear_caches()
-    yield r
-    resources.clear_caches()
+def root(app_root: Path) -> Path:
+    """A private checkpoints root with a copy of the tiny run (see conftest.app_root)."""
+    return app_root
 
 
 # -- state -------------------------------------------------------------------------------------------

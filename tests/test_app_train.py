@@ -4,16 +4,15 @@ started, followed, stopped and resumed from the page."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from app import resources
 from trainers import runs
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
@@ -38,18 +37,10 @@ def _reap_runs(root: Path, grace_s: float = 10.0) -> None:
 
 
 @pytest.fixture
-def root(tmp_path: Path, tiny_checkpoint, monkeypatch: pytest.MonkeyPatch) -> Path:
-    r = tmp_path / "ckpts"
-    shutil.copytree(tiny_checkpoint.run_dir, r / "tiny-run")
-    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(r))
-    monkeypatch.setenv("NANOLENS_BUNDLED", "")
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    resources.clear_caches()
-    yield r
-    _reap_runs(r)
-    st.cache_resource.clear()
-    st.cache_data.clear()
+def root(app_root: Path) -> Iterator[Path]:
+    """A private checkpoints root with a copy of the tiny run; every run a test started is reaped."""
+    yield app_root
+    _reap_runs(app_root)
 
 
 def train_page() -> AppTest:
