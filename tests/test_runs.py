@@ -210,3 +210,28 @@ def test_recover_latest_after_kill_between_renames(root):
     name = runs.resume("r", max_iters=6, root=root)
     st = wait_for(lambda: done(name, root))
     assert st["state"] == "finished" and st["iter"] == 6
+
+
+def test_exported_run_is_read_only(tiny_checkpoint, tmp_path):
+    """A shipped run (trainers.export) loads in fp16 storage but can be neither resumed nor deleted."""
+    from trainers.export import export_run
+    root = tmp_path / "ship"
+    out = export_run(tiny_checkpoint.run_dir, root / "shipped")
+    assert out["checkpoints"] >= 3
+    assert not (root / "shipped" / "latest" / "optimizer.pt").exists()
+    model, _, meta = ckpt.load(root / "shipped")
+    assert meta["iter"] == tiny_checkpoint.iters[-1]
+    with pytest.raises(ValueError, match="read-only"):
+        runs.delete("shipped", root=root)
+    with pytest.raises(ValueError, match="read-only"):
+        runs.resume("shipped", max_iters=10_000, root=root)
+    assert (root / "shipped" / "latest" / "model.safetensors").is_file()  # nothing was lost
+    with pytest.raises(ValueError, match="exists"):
+        export_run(tiny_checkpoint.run_dir, root / "shipped")  # never overwritten silently
+
+
+def test_bundled_run_is_read_only():
+    bundled = Path(__file__).resolve().parents[1] / "checkpoints"
+    with pytest.raises(ValueError, match="read-only"):
+        runs.delete("shakespeare-char", root=bundled)
+    assert (bundled / "shakespeare-char" / "latest" / "model.safetensors").is_file()

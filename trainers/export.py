@@ -40,6 +40,7 @@ def export_run(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.floa
     if status_path.is_file():  # the shipped copy is not a live process
         status = json.loads(status_path.read_text())
         status["pid"] = None
+        status["readonly"] = True  # trainers.runs refuses to resume or delete it
         status_path.write_text(json.dumps(status, indent=1))
     folders = [(src / w, dst / w) for w in ("latest", "best") if (src / w / "model.safetensors").is_file()]
     folders += [(p, dst / "snapshots" / p.name) for _, p in list_snapshots(src)]

@@ -303,6 +303,7 @@ def resume(name: str, max_iters: int | None = None, root: str | os.PathLike | No
            threads: int | None = None) -> str:
     """Continue a stopped/interrupted/failed/finished run from latest/ (optimizer included)."""
     st = status(name, root)
+    _refuse_readonly(dict(st, name=name), "resumed")
     if st["state"] in LIVE_STATES:
         raise ValueError(f"run {name!r} is {st['state']}; stop it before resuming")
     d = Path(st["path"])
@@ -325,9 +326,17 @@ def resume(name: str, max_iters: int | None = None, root: str | os.PathLike | No
     return name
 
 
+def _refuse_readonly(st: dict, verb: str) -> None:
+    """Shipped runs (the bundled model; trainers.export marks them) are never changed in place."""
+    if st.get("readonly"):
+        raise ValueError(f"run {st.get('name', '?')!r} is a shipped, read-only run and cannot be {verb}; "
+                         "start a new run to train further, or copy the folder under another name")
+
+
 def delete(name: str, root: str | os.PathLike | None = None) -> None:
-    """Remove a run folder; refused while its process is alive."""
+    """Remove a run folder; refused while its process is alive, and for shipped read-only runs."""
     st = status(name, root)
+    _refuse_readonly(dict(st, name=name), "deleted")
     if st["state"] in LIVE_STATES:
         raise ValueError(f"run {name!r} is {st['state']}; stop it before deleting it")
     shutil.rmtree(st["path"])
