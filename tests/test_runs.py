@@ -230,8 +230,10 @@ def test_exported_run_is_read_only(tiny_checkpoint, tmp_path):
         export_run(tiny_checkpoint.run_dir, root / "shipped")  # never overwritten silently
 
 
-def test_bundled_run_is_read_only():
-    bundled = Path(__file__).resolve().parents[1] / "checkpoints"
+def test_bundled_run_is_read_only(tmp_path):
+    import shutil
+    bundled = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-char"
+    shutil.copytree(bundled, tmp_path / "shakespeare-char")  # a copy: a bug here must not delete the real one
     with pytest.raises(ValueError, match="read-only"):
-        runs.delete("shakespeare-char", root=bundled)
-    assert (bundled / "shakespeare-char" / "latest" / "model.safetensors").is_file()
+        runs.delete("shakespeare-char", root=tmp_path)
+    assert (tmp_path / "shakespeare-char" / "latest" / "model.safetensors").is_file()
