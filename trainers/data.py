@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import urllib.request
@@ -247,10 +246,15 @@ class Corpus:
         """x, y LongTensors (B, T) on `device`; y is x shifted by one token.
 
         Offsets come from the CPU `generator`, so the same seed gives the same batches everywhere.
+        Nothing here waits for the device: the offsets travel from pinned memory asynchronously
+        (a plain .to() would synchronize, stalling the step between forward and backward).
         """
         data = {"train": self.train, "val": self.val}[split]
         ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
-        ix = ix.to(data.device)
+        if data.device.type == "cuda":
+            ix = ix.pin_memory().to(data.device, non_blocking=True)
+        else:
+            ix = ix.to(data.device)
         offsets = ix[:, None] + torch.arange(block_size + 1, device=data.device)  # (B, T+1)
         window = data[offsets]  # (B, T+1)
         x, y = window[:, :-1], window[:, 1:]  # (B, T) each

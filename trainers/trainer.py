@@ -5,6 +5,10 @@ clipping and accumulation, periodic evaluation on train and val, bf16 autocast +
 and DDP when launched by torchrun (RANK/LOCAL_RANK/WORLD_SIZE). Only rank 0 writes the run
 folder: config.json, metrics.jsonl, status.json, latest/ (with optimizer state), best/ and
 snapshots/. The trainer knows nothing of Streamlit: the app reads those files.
+
+Speed (see BENCHMARKS.md, "Trainer"): the step never waits for the device (trainers/step.py);
+losses are read once per log interval, or before an eval, a snapshot, a stop or the end. On CUDA
+with --compile the forward and backward replay as CUDA graphs.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from gpt.model import GPT
 from trainers import runs
 from trainers.config import TrainConfig, check_config, get_lr, is_snapshot_iter, resolve_device
 from trainers.data import Corpus, default_data
-
+from trainers.step import DeferredStep, attention_context, compile_model, make_optimizer
 
 @dataclass
 class Callbacks:
@@ -138,13 +142,22 @@ class Trainer:
         self.corpus.to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * self.rank + self.start_iter)
         self.raw_model = model.to(self.device).train()
-        self.optimizer = self.raw_model.configure_optimizers(
-            cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type)
+        self.optimizer, self.fused = make_optimizer(self.raw_model, cfg.weight_decay, cfg.learning_rate,
+                                                    (cfg.beta1, cfg.beta2), self.device_type)
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
         self.bf16 = self.device_type == "cuda" and torch.cuda.is_bf16_supported()
         self.ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
-        self.model: torch.nn.Module = torch.compile(self.raw_model) if cfg.compile else self.raw_model
+        self.compiled, self.cudagraphs = compile_model(self.raw_model, cfg.compile, self.device_type,
+                                                       self.ddp)
+        # evals on CUDA use the compiled model (a second graph, for eval mode, as nanoGPT); on a
+        # CPU that compile costs more than the few eval batches it would speed up
+        self.eval_model = self.compiled if self.device_type == "cuda" else self.raw_model
+        self.attn_ctx = attention_context(cfg.compile, self.device_type)
+        self.model: torch.nn.Module = self.compiled
+        params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.stepper = DeferredStep(self.optimizer, self.fused, params, cfg.grad_clip, self.device,
+                                    self.start_iter)
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [torch.device(self.device).index] if self.device_type == "cuda" else None
@@ -167,7 +180,8 @@ class Trainer:
         extra = f", ddp {self.world_size} processes" if self.ddp else ""
         return (f"device: {self.device}{name}, {t} thread{'s' if t != 1 else ''}, "
                 f"bf16 {'on' if self.bf16 else 'off'}, compile {'on' if self.cfg.compile else 'off'}"
-                f"{', tf32 on' if self.device_type == 'cuda' else ''}{extra}")
+                f"{', tf32 on' if self.device_type == 'cuda' else ''}{extra}"
+                f"{', fused AdamW' if self.fused else ''}{', CUDA graphs' if self.cudagraphs else ''}")
 
     def _write_run_files(self, run_cfg: dict[str, Any] | None) -> None:
         if not self.master:
@@ -217,13 +231,16 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed + 7)
         out = {}
         for split in ("train", "val"):
-            losses = torch.zeros(self.cfg.eval_iters)
+            losses = torch.zeros(self.cfg.eval_iters, device=self.device)  # read once per split
             for k in range(self.cfg.eval_iters):
                 X, Y = self.corpus.get_batch(split, self.cfg.batch_size,
                                              self.model_cfg.block_size, gen, self.device)
+                if self.cudagraphs:  # the previous batch's outputs are dead: replay over them
+                    torch.compiler.cudagraph_mark_step_begin()
                 with self.ctx:
-                    _, loss = self.raw_model(X, Y)
-                losses[k] = loss.item()
+                    _, loss = self.eval_model(X, Y)
+                losses[k] = loss
+                del loss, _
             out[split] = losses.mean().item()
         self.raw_model.train()
         return out
@@ -280,67 +297,68 @@ class Trainer:
     def _loop(self) -> dict[str, Any]:
         cfg, it = self.cfg, self.start_iter
         tokens_per_iter = cfg.grad_accum * cfg.batch_size * self.model_cfg.block_size
-        diverged, t_train, t_log, it_log = None, time.time(), 0.0, it
+        t_train, t_log, it_log = time.time(), 0.0, it
         X, Y = self._batch()
         while True:
-            if self.master and (it != self.start_iter or not self.resumed):
-                if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                    if not self._evaluate(it):
-                        diverged = it
-                if diverged is None and cfg.snapshots and (is_snapshot_iter(it) or it == cfg.max_iters):
+            if it != self.start_iter or not self.resumed:
+                if self._eval_due(it):
+                    bad = self.master and not self._evaluate(it)  # rank 0 evaluates
+                    if self.ddp:  # the others learn of it here, before anyone steps
+                        bad = self._agree(False, bad)[1]
+                    if bad:
+                        return self._fail(it, math.nan)
+                if self.master and cfg.snapshots and (is_snapshot_iter(it) or it == cfg.max_iters):
                     self._save(f"snapshots/iter_{it:07d}", it, with_optimizer=False)
-            if it >= cfg.max_iters and diverged is None:
+            if it >= cfg.max_iters:
                 self._write_status("finished", iter=it, message=f"finished at iter {it}", eta_s=0)
                 return self.status
             lr = get_lr(it, cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.time()
-            loss_sum = torch.zeros((), device=self.device)
+            loss_sum: torch.Tensor | None = None
             for micro in range(self.micro_steps):
                 if self.ddp:  # all-reduce the gradients only on the last micro step
                     self.model.require_backward_grad_sync = micro == self.micro_steps - 1
-                with self.ctx:
+                if self.cudagraphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                with self.ctx, self.attn_ctx():
                     _, loss = self.model(X, Y)
                     loss = loss / self.micro_steps  # (mean over micro steps)
-                X, Y = self._batch()  # fetch the next batch while the GPU works
-                loss.backward()
-                loss_sum += loss.detach()
-            lossf = loss_sum.item()
+                X, Y = self._batch()  # queue the next batch while the device works
+                with self.attn_ctx():
+                    loss.backward()
+                loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            assert loss_sum is not None
+            self.stepper.step(loss_sum, it)
+            it += 1
             stop = self._stop_requested()
-            bad = diverged is not None or not math.isfinite(lossf)
-            if self.ddp:  # every rank must agree to stop, else the next all-reduce hangs
-                flags = torch.tensor([float(stop), float(bad)], device=self.device)
-                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                stop, bad = bool(flags[0] > 0), bool(flags[1] > 0)
-            if bad:  # do not step: the weights stay those of the last good iteration
-                it_bad = diverged if diverged is not None else it
-                good = (runs.read_json(self.run_dir / "latest" / "config.json") or {}).get("meta", {})
-                msg = (f"diverged at iter {it_bad} (loss {lossf:.4g}); the last good checkpoint "
-                       f"is latest/ at iter {good.get('iter', '?')}; try a lower --lr")
-                self._say(msg)
-                self._write_status("failed", iter=it_bad, message=msg)
-                return self.status
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.last_train = lossf
+            logged = (it - 1) % cfg.log_interval == 0
+            if self._read_due(it, logged, stop):
+                bad_it, bad_loss = self._read(it)  # the one host sync per window
+                if self.ddp:  # every rank must agree to stop, else the next all-reduce hangs
+                    stop, bad = self._agree(stop, bad_it is not None)
+                    if bad and bad_it is None:
+                        bad_it, bad_loss = it - 1, math.nan  # seen on another rank
+                if bad_it is not None:
+                    return self._fail(bad_it, bad_loss)
+            else:
+                stop = False  # (only DDP gets here with a stop request: ranks act on it together)
             t_log += time.time() - t0
-            if self.master and it % cfg.log_interval == 0:
-                done = it + 1 - it_log
+            if self.master and logged:
+                lossf = self.last_train
+                done = it - it_log
                 tps = done * tokens_per_iter / max(t_log, 1e-9)
-                row = {"iter": it, "train_loss": lossf, "lr": lr, "tokens_per_s": round(tps, 1),
+                row = {"iter": it - 1, "train_loss": lossf, "lr": lr, "tokens_per_s": round(tps, 1),
                        "elapsed_s": round(self._elapsed(), 3)}
                 runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
                 if self.cb.on_log:
                     self.cb.on_log(row)
-                per_iter = (time.time() - t_train) / max(1, it + 1 - self.start_iter)
-                self._write_status("stopping" if stop else "running", iter=it + 1, train_loss=lossf,
+                per_iter = (time.time() - t_train) / max(1, it - self.start_iter)
+                self._write_status("stopping" if stop else "running", iter=it, train_loss=lossf,
                                    tokens_per_s=round(tps, 1),
-                                   eta_s=round(per_iter * (cfg.max_iters - it - 1), 1))
-                t_log, it_log = 0.0, it + 1
-            it += 1
+                                   eta_s=round(per_iter * (cfg.max_iters - it), 1))
+                t_log, it_log = 0.0, it
             if stop:
                 if self.master:
                     self._save("latest", it, with_optimizer=True)
@@ -350,6 +368,41 @@ class Trainer:
                 self._say(msg)
                 self._write_status("stopped", iter=it, message=msg, eta_s=None)
                 return self.status
+
+    # -- the step and its deferred checks ---------------------------------------------------------
+    def _eval_due(self, it: int) -> bool:
+        return it % self.cfg.eval_interval == 0 or it == self.cfg.max_iters
+
+    def _read_due(self, it: int, logged: bool, stop: bool) -> bool:
+        """Read the losses before anything that reports or saves them; on a schedule that every
+        DDP rank computes alike (a local stop request only counts without DDP)."""
+        cfg = self.cfg
+        return (logged or (stop and not self.ddp) or self._eval_due(it) or it >= cfg.max_iters
+                or (cfg.snapshots and is_snapshot_iter(it)) or self.stepper.full(it))
+
+    def _read(self, it: int) -> tuple[int | None, float]:
+        """(the first non-finite iteration since the last read or None, its loss); the last
+        finite loss becomes last_train."""
+        vals, bad = self.stepper.read(it)
+        if bad is not None:
+            return bad, vals[bad - (it - len(vals))]
+        if vals:
+            self.last_train = vals[-1]
+        return None, math.nan
+
+    def _agree(self, stop: bool, bad: bool) -> tuple[bool, bool]:
+        """MAX-all-reduce of two flags over the DDP ranks."""
+        flags = torch.tensor([float(stop), float(bad)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _fail(self, it_bad: int, loss: float) -> dict[str, Any]:
+        good = (runs.read_json(self.run_dir / "latest" / "config.json") or {}).get("meta", {})
+        msg = (f"diverged at iter {it_bad} (loss {loss:.4g}); the last good checkpoint "
+               f"is latest/ at iter {good.get('iter', '?')}; try a lower --lr")
+        self._say(msg)
+        self._write_status("failed", iter=it_bad, message=msg)
+        return self.status
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.corpus.get_batch("train", self.cfg.batch_size, self.model_cfg.block_size,
