@@ -43,6 +43,7 @@ from gpt.config import GPTConfig
 from gpt.model import GPT
 from gpt.record import Recorder
 from gpt.tokenizer import Tokenizer
+from trainers.metrics import MetricsTail
 
 APP_DIR = Path(__file__).resolve().parent
 MODEL_ERROR = "model_error"  # session_state: why the chosen model could not be loaded
@@ -244,6 +245,12 @@ def sample_text(model: GPT, tokenizer: Tokenizer, n_tokens: int = 100, seed: int
         start = tokenizer.encode("\n", errors="drop") or [0]
     ids = generate(model, start, n_tokens, temperature=0.8, seed=seed)
     return tokenizer.decode(ids[len(start):])
+
+
+@st.cache_resource(max_entries=16)
+def metrics_tail(run_dir: str) -> MetricsTail:
+    """One incremental reader of <run_dir>/metrics.jsonl per run, shared by sessions (it locks)."""
+    return MetricsTail(run_dir)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

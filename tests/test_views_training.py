@@ -86,25 +86,24 @@ def test_loss_series_and_figure() -> None:
     r = rows(5000, 100)
     s = tv.loss_series(r)
     assert len(s["train"][0]) == 5000 and len(s["val"][0]) == 50 and len(s["train (eval)"][0]) == 50
-    fig, points = tv.loss_figure(r, max_points=1500)
+    fig, points = tv.loss_figure(s, max_points=1500)
     names = [t.name for t in fig.data]
     assert names == ["train loss", "train (eval) loss", "val loss"]
     assert [len(t.x) for t in fig.data] == [1500, 50, 50] and points == 1600
     assert fig.data[0].x[-1] == 4999 and fig.layout.yaxis.type == "linear"
-    log_fig, _ = tv.loss_figure(r, log_y=True)
+    log_fig, _ = tv.loss_figure(s, log_y=True)
     assert log_fig.layout.yaxis.type == "log"
-    empty, n = tv.loss_figure([])
+    empty, n = tv.loss_figure({})
     assert n == 0 and len(empty.data) == 0
 
 
 def test_progress_prefers_status_and_drops_eta_when_not_going() -> None:
-    r = rows(50, 10)
     going = tv.progress({"state": "running", "iter": 50, "max_iters": 200, "eta_s": 30.0,
-                         "tokens_per_s": 900.0}, r)
+                         "tokens_per_s": 900.0}, 149.0)
     assert (going.iter, going.max_iters, going.fraction, going.tokens_per_s, going.eta_s) == (50, 200, 0.25, 900.0, 30.0)
-    stopped = tv.progress({"state": "stopped", "iter": 50, "max_iters": 200, "eta_s": 30.0}, r)
+    stopped = tv.progress({"state": "stopped", "iter": 50, "max_iters": 200, "eta_s": 30.0}, 149.0)
     assert stopped.eta_s is None and stopped.tokens_per_s == 149.0  # the last logged figure
-    fresh = tv.progress({"state": "starting"}, [])
+    fresh = tv.progress({"state": "starting"})
     assert fresh.fraction == 0.0 and fresh.tokens_per_s is None
 
 

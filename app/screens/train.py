@@ -134,10 +134,10 @@ def live_panel(name: str, live_names: frozenset[str]) -> None:
         st.rerun()
     live = name in now_live
     st.dataframe(tv.run_rows(all_runs), hide_index=True, width="stretch")
-    rows = runs.read_metrics(status["path"])
+    logged = resources.metrics_tail(str(status["path"])).update()  # only the new rows are parsed
     log_y = st.toggle("Log scale", key=K + "logy")
-    fig, points = tv.loss_figure(rows, log_y=log_y)
-    prog = tv.progress(status, rows)
+    fig, points = tv.loss_figure(logged.series, log_y=log_y)
+    prog = tv.progress(status, logged.last_tokens_per_s)
     tps = f"{prog.tokens_per_s:,.0f} tok/s" if prog.tokens_per_s else "— tok/s"
     st.caption(f"**{status['state']}** · iter {prog.iter} / {prog.max_iters} · {points} points · "
                f"{tps} · ETA {tv.human_duration(prog.eta_s) if live else '—'}")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import plotly.graph_objects as go
 
 from gpt.config import GPTConfig
 from trainers.config import PRESETS, TrainConfig, estimate_memory
+from trainers.metrics import SERIES
 
 # the overrides the page offers, in display order: (field, label, kind)
 FIELDS = (("n_layer", "Layers", int), ("n_head", "Heads", int), ("n_embd", "Embedding size", int),
@@ -132,14 +133,15 @@ class Progress:
     eta_s: float | None
 
 
-def progress(status: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Progress:
+def progress(status: dict[str, Any], logged_tokens_per_s: float | None = None) -> Progress:
     """Where a run is: status.json's iter/max_iters/tokens_per_s/eta_s, falling back to the last
-    metrics row that has a tokens_per_s. A run that is not going has no ETA."""
+    logged tokens_per_s (trainers.metrics.Metrics.last_tokens_per_s). A run that is not going has
+    no ETA."""
     it = int(status.get("iter") or 0)
     mx = int(status.get("max_iters") or 0)
     tps = status.get("tokens_per_s")
     if tps is None:
-        tps = next((r["tokens_per_s"] for r in reversed(rows) if r.get("tokens_per_s")), None)
+        tps = logged_tokens_per_s
     eta = status.get("eta_s") if status.get("state") in ("starting", "running", "stopping") else None
     return Progress(iter=it, max_iters=mx, fraction=min(1.0, it / mx) if mx else 0.0,
                     tokens_per_s=tps, eta_s=eta)
@@ -163,11 +165,11 @@ def downsample(xs: Sequence[float], ys: Sequence[float], max_points: int = MAX_P
 
 def loss_series(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
     """{"train": (iters, losses), "val": (...), "train (eval)": (...)} from metrics.jsonl rows;
-    rows without a finite value for a series are skipped."""
-    keys = {"train": "train_loss", "val": "val_loss", "train (eval)": "train_loss_eval"}
-    out: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in keys}
+    rows without a finite value for a series are skipped. (The live page gets the same mapping
+    incrementally from trainers.metrics.MetricsTail.)"""
+    out: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in SERIES}
     for r in rows:
-        for series, key in keys.items():
+        for series, key in SERIES.items():
             v = r.get(key)
             if isinstance(v, (int, float)) and math.isfinite(v) and r.get("iter") is not None:
                 out[series][0].append(r["iter"])
@@ -175,18 +177,18 @@ def loss_series(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list[float], 
     return out
 
 
-def loss_figure(rows: Sequence[dict[str, Any]], log_y: bool = False, max_points: int = MAX_POINTS
-                ) -> tuple[go.Figure, int]:
-    """(figure, number of points drawn): train loss as a thin line, val loss as markers and line,
-    each series downsampled to `max_points`. uirevision keeps the user's zoom across updates."""
-    series = loss_series(rows)
+def loss_figure(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], log_y: bool = False,
+                max_points: int = MAX_POINTS) -> tuple[go.Figure, int]:
+    """(figure, number of points drawn) from loss_series' mapping (a missing series is empty):
+    train loss as a thin line, val loss as markers and line, each series downsampled to
+    `max_points`. uirevision keeps the user's zoom across updates."""
     styles = {"train": dict(mode="lines", line=dict(width=1, color="#8fb3d9")),
               "train (eval)": dict(mode="lines", line=dict(width=1.5, dash="dot", color="#1f77b4")),
               "val": dict(mode="lines+markers", line=dict(width=2, color="#d62728"), marker=dict(size=6))}
     fig = go.Figure()
     points = 0
     for name in ("train", "train (eval)", "val"):
-        xs, ys = downsample(*series[name], max_points=max_points)
+        xs, ys = downsample(*series.get(name, ((), ())), max_points=max_points)
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, name=name + " loss", **styles[name]))
             points += len(xs)

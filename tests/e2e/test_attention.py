@@ -102,3 +102,24 @@ def test_layers_page_renders(page, live_app: str) -> None:
     expect(page.get_by_text("‖mlp_out‖ by layer and position")).to_have_count(1)
     assert_no_exception(page)
     full_screenshot(page, "layers")
+
+
+def test_head_table_row_click_opens_head(page, live_app: str) -> None:
+    """Issue 6: clicking a row of the head table opens that head. The table is a glide-data-grid
+    canvas, so the click goes to the row's marker (the checkbox column at its left edge) by position:
+    a 35 px header, then 35 px per row, rows in (layer, head) order: L0H0, L0H1, L1H0, L1H1."""
+    open_app(page, live_app + "/attention")
+    type_prompt(page, "To be, or not")
+    expect_head(page, 0, 0)
+    grid = page.locator("[data-testid='stDataFrame']").first
+    grid.scroll_into_view_if_needed()
+    expect(grid).to_be_visible()
+    wait_for_app(page)
+    box = grid.bounding_box()
+    assert box is not None
+    row_h = 35
+    page.mouse.click(box["x"] + 14, box["y"] + row_h + 3 * row_h + row_h / 2)  # row 3: L1H1
+    wait_for_app(page)
+    expect_head(page, 1, 1)
+    assert_no_exception(page)
+    full_screenshot(page, "attention-head-table")
