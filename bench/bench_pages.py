@@ -6,8 +6,11 @@ app.views.*.build function): the recorded forward of the names the page records 
 prompt misses it), all view functions, and the serialisation Streamlit does before sending
 (plotly.io.to_json for plotly figures, Arrow for the Vega-Lite grid's table). The Generate page is
 timed per step: one KV-cached Generator step with attention recording plus its figures.
-Median of N repetitions after warm-up, on the process CPU clock with one torch thread (the machine
-is shared, so the wall clock counts other people's work too; it is printed beside it).
+Median of N repetitions after warm-up. With one torch thread (the default: what the app has while a
+training run holds the other core) the goal is judged on the process CPU clock, since the machine
+is shared and the wall clock counts other people's work too; with more threads (--threads 2: what
+the app has on this machine when nothing trains, torch's default) on the wall clock, since CPU time
+then sums the threads. Both clocks are printed.
 
     .venv/bin/python -m bench.bench_pages [--quick] [--preset baby] [--T 256] [--reps 15] [--threads 1]
 """
@@ -176,10 +179,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         med = {k: 1000 * statistics.median(s[k] for s in samples) for k in ("trace", "views", "serialize")}
         kib = samples[-1]["bytes"] / 1024
         # the 150 ms goal is stated for baby at T=256; other shapes are measured, not judged
-        passed = cpu <= BUDGET_MS if (args.preset, args.T) == ("baby", 256) else None
+        judged = cpu if args.threads == 1 else wall  # see the docstring
+        passed = judged <= BUDGET_MS if (args.preset, args.T) == ("baby", 256) else None
         results[name] = {"cpu_ms": cpu, "wall_ms": wall, **{f"{k}_ms": v for k, v in med.items()}, "kib": kib}
         rows.append([name, med["trace"], med["views"], med["serialize"], cpu, wall, round(kib), passed])
-        goals.append(goal(f"{name}: figures ready after a prompt change", f"{cpu:.0f} ms", None, None,
+        clock = "CPU" if args.threads == 1 else "wall"
+        goals.append(goal(f"{name}: figures ready after a prompt change ({args.threads} thread"
+                          f"{'s' if args.threads > 1 else ''})", f"{judged:.0f} ms {clock}", None, None,
                           f"<= {BUDGET_MS:.0f} ms", passed, f"{args.preset} T={args.T}, median of {reps}"))
     m = machine()
     print(f"page timings: {args.preset} ({cfg.n_layer} layers x {cfg.n_head} heads, C={cfg.n_embd}), "

@@ -358,3 +358,17 @@ def test_step_attention_figure_keeps_the_last_positions() -> None:  # (L, H, Tct
         vg.step_attention_figure(att, ["a"] * 10)
 
 
+
+
+def test_layers_model_views_are_computed_once_per_model() -> None:
+    """The embedding PCA and position-similarity figure depend on the weights only: a prompt change
+    reuses them, and another model gets its own."""
+    from gpt.analysis import embedding_pca
+
+    a, b = GPT(GPTConfig.preset("tiny", vocab_size=20)), GPT(GPTConfig.preset("tiny", vocab_size=20))
+    first = vl.model_views(a)
+    assert vl.model_views(a) is first
+    other = vl.model_views(b)
+    assert other is not first and not torch.equal(other[0], first[0])
+    coords, ratio = embedding_pca(b)
+    assert torch.equal(other[0], coords) and torch.equal(other[1], ratio)

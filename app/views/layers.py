@@ -4,6 +4,7 @@ Pure functions (no Streamlit): tensors from gpt.analysis in, plotly figures out.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -23,6 +24,9 @@ NORM_CHOICES = {
     "attention output": "attn_out",
     "MLP output": "mlp_out",
 }
+# per model object: what does not depend on the prompt (app models are read-only once loaded)
+_PER_MODEL: weakref.WeakKeyDictionary[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, go.Figure]] = \
+    weakref.WeakKeyDictionary()
 MAX_SIM_SIDE = 256  # the position-similarity matrix is pooled to at most this many cells a side
 TEXT_MAX_POSITIONS = 48  # cell text (token strings) only while it can still be read
 
@@ -161,12 +165,23 @@ def build(model: torch.nn.Module, rec: Any, ids: Sequence[int], strs: Sequence[s
     L = model.config.n_layer
     norms = residual_norms(rec, L)
     lens = logit_lens(model, rec, k=5, positions=list(lens_positions), ids=ids)
-    coords, ratio = embedding_pca(model)
+    coords, ratio, positions = model_views(model)
     shown = embedding_ids(model.config.vocab_size, ids)
     return LayersView(
         norm=norm_figure(norms, norm_key, labels),
         lens=logit_lens_figure(lens.top_ids, lens.top_probs, lens.layers, [labels[p] for p in lens.positions],
                                token_str, lens.target_probs),
         embeddings=embedding_figure(coords, ratio, shown, token_str, highlight=ids),
-        positions=position_similarity_figure(position_similarity(model)),
+        positions=positions,
     )
+
+
+def model_views(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, go.Figure]:
+    """(embedding PCA coords, explained ratio, position-similarity figure) of `model`: they depend
+    on its weights only, so a prompt change reuses them (computed once per model object). Callers
+    must not change a model's weights after loading it, as the app never does."""
+    got = _PER_MODEL.get(model)
+    if got is None:
+        coords, ratio = embedding_pca(model)
+        got = _PER_MODEL[model] = (coords, ratio, position_similarity_figure(position_similarity(model)))
+    return got
