@@ -2,6 +2,10 @@
 server-side, for a model of the bundled model's shape (char, 4 layers x 4 heads, n_embd 128,
 block 256, vocab 65) with random weights, saved as a run folder with 10 snapshots.
 
+The goal counts what the user waits for before the figures appear: the page draws the figures
+before it computes the greedy sample below them (app/screens/timeline.py), so the sample is
+reported beside the goal, not in it.
+
 Times what the Timeline page's fragment runs when the slider lands on a snapshot
 (app/screens/timeline.py): load the snapshot (resources.load_model; cold = cache cleared, warm = a
 cache hit), the recorded forward of app.views.timeline.NAMES (a new snapshot misses the trace
@@ -90,7 +94,8 @@ def bench(run: Path, T: int, reps: int) -> dict[str, Any]:
     stages = ["load cold", "load warm", "trace", "figures", "serialize", "sample", "head scores"]
     cpu: dict[str, list[float]] = {s: [] for s in stages}
     wall: dict[str, list[float]] = {s: [] for s in stages}
-    totals_cpu: dict[str, list[float]] = {"new snapshot": [], "new snapshot, cold model": [], "revisit": []}
+    totals_cpu: dict[str, list[float]] = {"figures shown, cold model": [], "new snapshot": [],
+                                             "new snapshot, cold model": [], "revisit": []}
     totals_wall: dict[str, list[float]] = {k: [] for k in totals_cpu}
     sent = 0
     with torch.no_grad():
@@ -117,6 +122,8 @@ def bench(run: Path, T: int, reps: int) -> dict[str, Any]:
                     for clock, totals in ((cpu, totals_cpu), (wall, totals_wall)):
                         view = sum(clock[s][-1] for s in ("load warm", "trace", "figures", "serialize"))
                         totals["revisit"].append(view - clock["trace"][-1])  # trace and sample cached
+                        # the page draws the figures before it computes the sample (screens/timeline.py)
+                        totals["figures shown, cold model"].append(view + clock["load cold"][-1])
                         totals["new snapshot"].append(view + clock["sample"][-1])
                         totals["new snapshot, cold model"].append(view + clock["sample"][-1]
                                                                   + clock["load cold"][-1])
@@ -193,13 +200,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"\nT={res['T']}, {res['snapshots']} snapshots x {reps} reps, "
                   f"{res['bytes_sent'] / 1024:.0f} KiB of figures per move")
             print(table(["stage", "CPU ms (median)", "wall ms (median)"], rows))
-            worst = res["totals_cpu_ms"]["new snapshot, cold model"]
+            shown = res["totals_cpu_ms"]["figures shown, cold model"]
+            whole = res["totals_cpu_ms"]["new snapshot, cold model"]
             out["goals"].append(goal(
-                f"timeline: slider to a new snapshot, T={res['T']} (cold model, sample included)",
-                f"{worst:.0f} ms", None, None, f"<= {BUDGET_MS:.0f} ms", worst <= BUDGET_MS,
-                f"CPU clock, median; warm model {res['totals_cpu_ms']['new snapshot']:.0f} ms, revisit "
-                f"{res['totals_cpu_ms']['revisit']:.0f} ms; wall "
-                f"{res['totals_wall_ms']['new snapshot, cold model']:.0f} ms"))
+                f"timeline: slider to a new snapshot, figures shown, T={res['T']} (cold model)",
+                f"{shown:.0f} ms", None, None, f"<= {BUDGET_MS:.0f} ms", shown <= BUDGET_MS,
+                f"CPU clock, median; wall {res['totals_wall_ms']['figures shown, cold model']:.0f} ms; "
+                f"revisit {res['totals_cpu_ms']['revisit']:.0f} ms"))
+            out["goals"].append(goal(
+                f"timeline: ... and the greedy sample below them too, T={res['T']} (cold model)",
+                f"{whole:.0f} ms", None, None, f"<= {BUDGET_MS:.0f} ms", whole <= BUDGET_MS,
+                "the sample is drawn last, after the figures; computed once per snapshot and prompt"))
         if not args.no_apptest:
             out["apptest_wall_ms"] = at = bench_apptest(Path(tmp), reps)
             print(f"\nwhole page under AppTest (T=56 default prompt, wall ms, median): new snapshot "
