@@ -149,6 +149,18 @@ def test_start_stop_resume_a_real_run(root: Path) -> None:
     at.run()
     assert "running" in list(at.dataframe[0].value["state"])
     assert "Sample from the latest checkpoint" in captions(at) and at.code[0].value.strip()
+    # a new sample at most every SAMPLE_EVERY_S: a newer checkpoint within that keeps the old one
+    shown = at.session_state["_tr_sample"]
+    latest_iter = lambda: (runs.read_json(root / "ui-run" / "latest" / "config.json") or {}).get("meta", {}).get("iter")  # noqa: E731
+    deadline = time.time() + 30
+    while latest_iter() in (None, shown[1]) and time.time() < deadline:
+        time.sleep(0.2)
+    at.run()
+    assert at.session_state["_tr_sample"] == shown and f"(iter {shown[1]}," in captions(at)
+    at.session_state["_tr_sample"] = (shown[0], shown[1], 0.0, shown[3])  # as if shown long ago
+    at.run()
+    newer = at.session_state["_tr_sample"]
+    assert newer[1] > shown[1] and f"(iter {newer[1]}," in captions(at)
     at.button(key="_tr_stop").click()
     at.run()
     stopped = wait_state("ui-run", root, ("stopped",))

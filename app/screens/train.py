@@ -8,6 +8,7 @@ when it ends, which turns its timer off (run_every is fixed until the next full 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from trainers.config import TrainConfig, check_config, default_threads
 K = "_tr_"  # widget key prefix
 MSG = K + "msg"  # (level, text) shown at the top after an action
 POLL_S = 1.0
+# a new sample costs a checkpoint load and 100 tokens on the server; a run that evaluates every
+# second would otherwise pay that on every tick
+SAMPLE_EVERY_S = 10.0
 DATA_SOURCES = {"shakespeare": "Tiny Shakespeare", "python-docs": "Python docs (offline, always there)",
                 "upload": "Upload a .txt"}
 
@@ -152,11 +156,17 @@ def live_panel(name: str, live_names: frozenset[str]) -> None:
     meta = runs.read_json(latest / "config.json") or {}
     it = (meta.get("meta") or {}).get("iter")
     if it is not None:
-        try:
-            text = resources.run_sample(str(latest), int(it))
-        except Exception as e:  # a checkpoint replaced mid-read; the next tick retries
-            text = f"(no sample yet: {type(e).__name__})"
-        st.caption(f"Sample from the latest checkpoint (iter {it}, temperature 0.8):")
+        prev = st.session_state.get(K + "sample")  # (checkpoint, iter, when, text)
+        if prev and prev[0] == str(latest) and (prev[1] == it or time.time() - prev[2] < SAMPLE_EVERY_S):
+            it, text = prev[1], prev[3]
+        else:
+            try:
+                text = resources.run_sample(str(latest), int(it))
+                st.session_state[K + "sample"] = (str(latest), it, time.time(), text)
+            except Exception as e:  # a checkpoint replaced mid-read; the next tick retries
+                text = f"(no sample yet: {type(e).__name__})"
+        st.caption(f"Sample from the latest checkpoint (iter {it}, temperature 0.8; "
+                   f"refreshed at most every {SAMPLE_EVERY_S:.0f} s):")
         st.code(text or " ", language=None)
 
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e.helpers import assert_no_exception, open_app, screenshot, wait_for_app
 
@@ -86,7 +87,8 @@ def test_train_live_reload_stop(page, app_server, train_root: Path) -> None:
     assert_no_exception(page)
     state, it2, p2 = wait_until(page, lambda s, it, p: s == "running" and it > it1, "the run after reload")
     wait_until(page, lambda s, it, p: p > p2, "the chart to keep growing after reload")
-    assert page.get_by_text(re.compile(r"Sample from the latest checkpoint")).count() == 1
+    # drawn after the chart, once the run's first checkpoint is there: wait for it, do not race it
+    expect(page.get_by_text(re.compile(r"Sample from the latest checkpoint"))).to_have_count(1, timeout=30_000)
 
     page.get_by_role("button", name="Stop").click()
     wait_until(page, lambda s, it, p: s == "stopped", "the run to stop", timeout_s=60)
