@@ -200,3 +200,22 @@ def test_train_on_an_uploaded_text(root: Path) -> None:
     data = runs.read_json(root / name / "config.json")["train"]["data"]
     assert Path(data).read_text(encoding="utf-8") == text and (root / ".uploads") in Path(data).parents
     assert done["iter"] == 5
+
+
+def test_read_only_run_offers_no_resume_or_delete(root: Path) -> None:
+    """The bundled model is a shipped, read-only run (trainers.export marks it): the page says so
+    instead of offering buttons that trainers.runs would refuse."""
+    import shutil
+
+    bundled = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-char"
+    shutil.copytree(bundled, root / "shipped")
+    at = train_page()
+    at.selectbox(key="_tr_selected").set_value("shipped")
+    at.run()
+    assert not at.exception, at.exception
+    keys = {b.key for b in at.button}
+    assert "_tr_resume" not in keys and "_tr_delete" not in keys and "_tr_inspect" in keys
+    assert "shipped, read-only run" in captions(at)
+    at.selectbox(key="_tr_selected").set_value("tiny-run")  # an ordinary run still offers both
+    at.run()
+    assert {"_tr_resume", "_tr_delete"} <= {b.key for b in at.button}

@@ -230,6 +230,8 @@ live = status["state"] in runs.LIVE_STATES
 bar = st.container(horizontal=True, vertical_alignment="bottom")
 if live:
     bar.button("Stop", key=K + "stop", on_click=on_stop, args=(name,), icon=":material/stop:")
+elif status.get("readonly"):  # the bundled model: trainers.runs refuses to resume or delete it
+    bar.caption("A shipped, read-only run: inspect it here, or start a new run to train further.")
 else:
     it, mx = int(status.get("iter") or 0), int(status.get("max_iters") or 0)
     bar.number_input("Resume until iter", min_value=it + 1, key=f"{K}resume_to_{name}",
