@@ -253,14 +253,19 @@ class GPT(nn.Module):
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
                              device_type: str) -> torch.optim.AdamW:
         """AdamW with weight decay on every >=2-D parameter (matmuls, embeddings) and none on biases
-        and LayerNorm gains; fused on CUDA when this torch has it."""
+        and LayerNorm gains; fused (one kernel per group instead of a loop over parameters) on CUDA,
+        and on CPU where this torch has it (>= 2.4). `optimizer.defaults["fused"]` tells which."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+        if device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+            try:
+                return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
+            except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device here
+                pass
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
     def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, peak_flops: float = 312e12) -> float:
         """Model flops utilisation against `peak_flops` (default: A100 bf16), as in nanoGPT."""

@@ -9,7 +9,7 @@ import torch
 
 from gpt.config import GPTConfig
 from gpt.model import GPT
-from trainers.step import WINDOW, DeferredStep, make_optimizer
+from trainers.step import WINDOW, DeferredStep
 
 
 def _model() -> GPT:
@@ -24,9 +24,9 @@ def _batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _stepper(model: GPT, clip: float) -> DeferredStep:
-    opt, fused = make_optimizer(model, 0.1, 1e-2, (0.9, 0.99), "cpu")
+    opt = model.configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu")
     params = [p for p in model.parameters() if p.requires_grad]
-    return DeferredStep(opt, fused, params, clip, "cpu", start=0)
+    return DeferredStep(opt, params, clip, "cpu", start=0)
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.05])

@@ -51,22 +51,6 @@ def attention_context(compile: bool, device_type: str) -> Callable[[], AbstractC
     return nullcontext
 
 
-def make_optimizer(model: torch.nn.Module, weight_decay: float, lr: float,
-                   betas: tuple[float, float], device_type: str) -> tuple[torch.optim.AdamW, bool]:
-    """(AdamW, fused): nanoGPT's groups (weight decay on >=2-D params only); fused on CUDA and on
-    CPU when this torch has it (>= 2.4): one kernel per group instead of a loop over parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    kw: dict[str, Any] = dict(lr=lr, betas=betas)
-    if device_type in ("cuda", "cpu"):
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kw), True
-        except (RuntimeError, TypeError, ValueError):  # an older torch: no fused AdamW here
-            pass
-    return torch.optim.AdamW(groups, **kw), False
-
-
 def total_grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
     """The 2-norm of all gradients together (clip_grad_norm_'s), without a host sync; one
     multi-tensor kernel where torch has it, also on CPU where clip_grad_norm_ loops in Python."""
@@ -79,12 +63,14 @@ def total_grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 
 class DeferredStep:
-    """Clip, step and zero the gradients of `params` with `optimizer`, keeping each step's loss on
-    `device` until `read`. `start` is the first iteration of the current window."""
+    """Clip, step and zero the gradients of `params` with `optimizer` (GPT.configure_optimizers'),
+    keeping each step's loss on `device` until `read`. `start` is the first iteration of the current
+    window."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, fused: bool,
-                 params: list[torch.nn.Parameter], grad_clip: float, device: str, start: int) -> None:
-        self.optimizer, self.fused, self.params, self.grad_clip = optimizer, fused, params, grad_clip
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                 grad_clip: float, device: str, start: int) -> None:
+        self.optimizer, self.params, self.grad_clip = optimizer, params, grad_clip
+        self.fused = bool(optimizer.defaults.get("fused"))
         self.window = torch.zeros(WINDOW, device=device)  # losses of iterations [start, start+WINDOW)
         self.found_inf = torch.zeros((), device=device)  # sticky: 1 once a step was not finite
         self.start, self.halted = start, False

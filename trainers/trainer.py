@@ -30,7 +30,8 @@ from gpt.model import GPT
 from trainers import runs
 from trainers.config import TrainConfig, check_config, get_lr, is_snapshot_iter, resolve_device
 from trainers.data import Corpus, default_data
-from trainers.step import DeferredStep, attention_context, compile_model, make_optimizer
+from trainers.step import DeferredStep, attention_context, compile_model
+
 
 @dataclass
 class Callbacks:
@@ -142,8 +143,8 @@ class Trainer:
         self.corpus.to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * self.rank + self.start_iter)
         self.raw_model = model.to(self.device).train()
-        self.optimizer, self.fused = make_optimizer(self.raw_model, cfg.weight_decay, cfg.learning_rate,
-                                                    (cfg.beta1, cfg.beta2), self.device_type)
+        self.optimizer = self.raw_model.configure_optimizers(
+            cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type)
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
         self.bf16 = self.device_type == "cuda" and torch.cuda.is_bf16_supported()
@@ -156,8 +157,7 @@ class Trainer:
         self.attn_ctx = attention_context(cfg.compile, self.device_type)
         self.model: torch.nn.Module = self.compiled
         params = [p for p in self.raw_model.parameters() if p.requires_grad]
-        self.stepper = DeferredStep(self.optimizer, self.fused, params, cfg.grad_clip, self.device,
-                                    self.start_iter)
+        self.stepper = DeferredStep(self.optimizer, params, cfg.grad_clip, self.device, self.start_iter)
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [torch.device(self.device).index] if self.device_type == "cuda" else None
@@ -181,7 +181,7 @@ class Trainer:
         return (f"device: {self.device}{name}, {t} thread{'s' if t != 1 else ''}, "
                 f"bf16 {'on' if self.bf16 else 'off'}, compile {'on' if self.cfg.compile else 'off'}"
                 f"{', tf32 on' if self.device_type == 'cuda' else ''}{extra}"
-                f"{', fused AdamW' if self.fused else ''}{', CUDA graphs' if self.cudagraphs else ''}")
+                f"{', fused AdamW' if self.stepper.fused else ''}{', CUDA graphs' if self.cudagraphs else ''}")
 
     def _write_run_files(self, run_cfg: dict[str, Any] | None) -> None:
         if not self.master:
