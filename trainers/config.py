@@ -54,6 +54,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # None: default_threads()
     compile: bool = False
+    cpu_shards: bool = True  # CPU, >1 thread: split each batch over the threads (trainers/shards.py)
     snapshots: bool = True  # keep snapshots/iter_XXXXXXX at spread-out iterations
 
     @classmethod

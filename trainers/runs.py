@@ -201,13 +201,15 @@ def to_argv(cfg: TrainConfig) -> list[str]:
     flag = {"learning_rate": "--lr"}
     argv: list[str] = []
     for k, v in cfg.to_dict().items():
-        if v is None or k in ("compile", "snapshots"):
+        if v is None or k in ("compile", "snapshots", "cpu_shards"):
             continue
         argv += [flag.get(k, "--" + k.replace("_", "-")), str(v)]
     if cfg.compile:
         argv.append("--compile")
     if not cfg.snapshots:
         argv.append("--no-snapshots")
+    if not cfg.cpu_shards:
+        argv.append("--no-cpu-shards")
     return argv
 
 

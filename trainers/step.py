@@ -14,8 +14,10 @@ An unfused AdamW cannot skip on the device; there the flag is read every step (a
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable
 
@@ -40,6 +42,26 @@ def compile_model(model: torch.nn.Module, compile: bool, device_type: str, ddp: 
     if cudagraphs and ddp:  # DDP's hooks and CUDA graphs do not mix
         mode, cudagraphs = ("max-autotune-no-cudagraphs" if mode == "max-autotune" else None), False
     return torch.compile(model, mode=mode), cudagraphs
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse rather than hand it back to the OS; True if done.
+
+    A CPU step frees and re-allocates the same few MB of activations and gradients every time.
+    glibc's defaults serve blocks that large with mmap, or trim them off the heap when freed, so
+    each step faults every page back in and the kernel zeroes it: about 1,000 page faults and 2 ms
+    of a 50 ms cpu-small step (BENCHMARKS.md, "Trainer"). The cost is that the process keeps its
+    peak memory, which a training process does anyway. Linux with glibc only; a no-op elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and \
+            bool(libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
 
 
 def attention_context(compile: bool, device_type: str) -> Callable[[], AbstractContextManager[Any]]:

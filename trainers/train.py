@@ -20,7 +20,7 @@ from trainers.config import PRESETS, TOKENIZERS, TrainConfig, default_threads, v
 
 # settings a resumed run may change; everything else is the run's recorded config
 RESUME_OVERRIDABLE = {"name", "root", "max_iters", "threads", "device", "compile", "snapshots",
-                      "eval_interval", "eval_iters", "log_interval"}
+                      "cpu_shards", "eval_interval", "eval_iters", "log_interval"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
     a("--threads", type=int, help="CPU threads (default: all cores but one, split over processes)")
     a("--compile", action="store_true", default=None, help="torch.compile the model (CUDA mostly)")
+    a("--no-cpu-shards", action="store_false", dest="cpu_shards", default=None,
+      help="on a CPU with several threads, split each op over them instead of giving each thread "
+           "a share of the batch (the default when dropout is 0; see trainers/shards.py)")
     a("--no-snapshots", action="store_false", dest="snapshots", default=None,
       help="do not keep snapshots/iter_* at spread-out iterations")
     return p

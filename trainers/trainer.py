@@ -16,10 +16,11 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -30,7 +31,9 @@ from gpt.model import GPT
 from trainers import runs
 from trainers.config import TrainConfig, check_config, get_lr, is_snapshot_iter, resolve_device
 from trainers.data import Corpus, default_data
-from trainers.step import DeferredStep, attention_context, compile_model
+from trainers.shards import ThreadShards
+from trainers.shards import plan as plan_shards
+from trainers.step import DeferredStep, attention_context, compile_model, keep_freed_memory
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Trainer:
         self.micro_steps = train_cfg.grad_accum // self.world_size  # per process, as nanoGPT
         self._stop_flag = False
         self.status: dict[str, Any] = {}
+        self.shards: ThreadShards | None = None
 
     # -- small helpers ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -156,8 +160,10 @@ class Trainer:
         self.eval_model = self.compiled if self.device_type == "cuda" else self.raw_model
         self.attn_ctx = attention_context(cfg.compile, self.device_type)
         self.model: torch.nn.Module = self.compiled
-        params = [p for p in self.raw_model.parameters() if p.requires_grad]
-        self.stepper = DeferredStep(self.optimizer, params, cfg.grad_clip, self.device, self.start_iter)
+        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.stepper = DeferredStep(self.optimizer, self.params, cfg.grad_clip, self.device,
+                                    self.start_iter)
+        self._setup_shards()
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [torch.device(self.device).index] if self.device_type == "cuda" else None
@@ -174,10 +180,29 @@ class Trainer:
             how = "optimizer state loaded" if opt_state is not None else "no optimizer state: fresh AdamW"
             self._say(f"resumed from iter {self.start_iter} ({how})")
 
+    def _setup_shards(self) -> None:
+        """Batch shards over the CPU threads where they help (trainers/shards.py); torch's own
+        threads drop to 1 meanwhile and come back in fit's finally. Also glibc's memory reuse
+        on a CPU (step.keep_freed_memory)."""
+        self.threads = torch.get_num_threads()
+        self.kept_memory = self.device_type == "cpu" and keep_freed_memory()
+        n, self.shard_note = plan_shards(self.threads, self.cfg.batch_size, self.device_type,
+                                         self.ddp, self.cfg.compile, self.model_cfg.dropout,
+                                         self.cfg.cpu_shards)
+        if n > 1:
+            self.shards = ThreadShards(n)
+            torch.set_num_threads(1)
+
     def device_line(self) -> str:
-        t = torch.get_num_threads()
+        t = self.threads
         name = f" ({torch.cuda.get_device_name(self.device)})" if self.device_type == "cuda" else ""
         extra = f", ddp {self.world_size} processes" if self.ddp else ""
+        if self.shards is not None:
+            extra += f", batch split in {self.shards.n} shards (1 thread each)"
+        elif t > 1 and self.shard_note:
+            extra += f", threads split each op ({self.shard_note})"
+        if self.kept_memory:
+            extra += ", freed memory kept for reuse"
         return (f"device: {self.device}{name}, {t} thread{'s' if t != 1 else ''}, "
                 f"bf16 {'on' if self.bf16 else 'off'}, compile {'on' if self.cfg.compile else 'off'}"
                 f"{', tf32 on' if self.device_type == 'cuda' else ''}{extra}"
@@ -237,10 +262,13 @@ class Trainer:
                                              self.model_cfg.block_size, gen, self.device)
                 if self.cudagraphs:  # the previous batch's outputs are dead: replay over them
                     torch.compiler.cudagraph_mark_step_begin()
-                with self.ctx:
-                    _, loss = self.eval_model(X, Y)
+                if self.shards is not None:
+                    loss = self.shards.loss(self.eval_model, X, Y)
+                else:
+                    with self.ctx:
+                        loss = self.eval_model(X, Y)[1]
                 losses[k] = loss
-                del loss, _
+                del loss
             out[split] = losses.mean().item()
         self.raw_model.train()
         return out
@@ -289,6 +317,10 @@ class Trainer:
                 pass  # the disk may be what failed; the original error matters more
             raise
         finally:
+            if self.shards is not None:
+                self.shards.close()
+                self.shards = None
+                torch.set_num_threads(self.threads)
             if self.master:
                 (self.run_dir / runs.STOP_FILE).unlink(missing_ok=True)
             if self.ddp and dist.is_initialized():
@@ -320,6 +352,12 @@ class Trainer:
             for micro in range(self.micro_steps):
                 if self.ddp:  # all-reduce the gradients only on the last micro step
                     self.model.require_backward_grad_sync = micro == self.micro_steps - 1
+                if self.shards is not None:  # forward and backward of every shard at once
+                    loss = self.shards.forward_backward(self.model, self.params, X, Y,
+                                                        1 / self.micro_steps)
+                    X, Y = self._batch()
+                    loss_sum = loss if loss_sum is None else loss_sum + loss
+                    continue
                 if self.cudagraphs:
                     torch.compiler.cudagraph_mark_step_begin()
                 with self.ctx, self.attn_ctx():
