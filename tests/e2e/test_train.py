@@ -79,7 +79,8 @@ def test_train_live_reload_stop(page, app_server, train_root: Path) -> None:
     # the chart gains points on its own
     _, _, p0 = wait_until(page, lambda s, it, p: s == "running" and p > 0, "the first losses")
     _, it1, p1 = wait_until(page, lambda s, it, p: p > p0 + 5, "the chart to grow without a touch")
-    assert page.locator("[data-testid='stPlotlyChart']").count() >= 1
+    # the fragment redraws the chart every second: wait for it rather than catch it mid-redraw
+    expect(page.locator("[data-testid='stPlotlyChart']").first).to_be_visible(timeout=15_000)
 
     # a reload is a new session; the run is a detached process and goes on
     page.reload(wait_until="domcontentloaded")
