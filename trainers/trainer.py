@@ -6,9 +6,10 @@ and DDP when launched by torchrun (RANK/LOCAL_RANK/WORLD_SIZE). Only rank 0 writ
 folder: config.json, metrics.jsonl, status.json, latest/ (with optimizer state), best/ and
 snapshots/. The trainer knows nothing of Streamlit: the app reads those files.
 
-Speed (see BENCHMARKS.md, "Trainer"): the step never waits for the device (trainers/step.py);
-losses are read once per log interval, or before an eval, a snapshot, a stop or the end. On CUDA
-with --compile the forward and backward replay as CUDA graphs.
+Speed (see BENCHMARKS.md, "Trainer"): how the forward and backward run on this machine (autocast,
+compile and CUDA graphs, DDP, CPU batch shards on threads) is trainers/engine.py's; the optimizer
+step never waits for the device (trainers/step.py): losses are read once per log interval, or
+before an eval, a snapshot, a stop or the end.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,8 @@ from gpt.model import GPT
 from trainers import runs
 from trainers.config import TrainConfig, check_config, get_lr, is_snapshot_iter, resolve_device
 from trainers.data import Corpus, default_data
-from trainers.shards import ThreadShards
-from trainers.shards import plan as plan_shards
-from trainers.step import DeferredStep, attention_context, compile_model, keep_freed_memory
+from trainers.engine import Engine
+from trainers.step import DeferredStep
 
 
 @dataclass
@@ -74,7 +73,7 @@ class Trainer:
         self.micro_steps = train_cfg.grad_accum // self.world_size  # per process, as nanoGPT
         self._stop_flag = False
         self.status: dict[str, Any] = {}
-        self.shards: ThreadShards | None = None
+        self.engine: Engine | None = None
 
     # -- small helpers ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -151,27 +150,13 @@ class Trainer:
             cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), self.device_type)
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
-        self.bf16 = self.device_type == "cuda" and torch.cuda.is_bf16_supported()
-        self.ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
-        self.compiled, self.cudagraphs = compile_model(self.raw_model, cfg.compile, self.device_type,
-                                                       self.ddp)
-        # evals on CUDA use the compiled model (a second graph, for eval mode, as nanoGPT); on a
-        # CPU that compile costs more than the few eval batches it would speed up
-        self.eval_model = self.compiled if self.device_type == "cuda" else self.raw_model
-        self.attn_ctx = attention_context(cfg.compile, self.device_type)
-        self.model: torch.nn.Module = self.compiled
-        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
-        self.stepper = DeferredStep(self.optimizer, self.params, cfg.grad_clip, self.device,
+        self.engine = Engine(self.raw_model, cfg, self.device, self.ddp, self.world_size)
+        self.stepper = DeferredStep(self.optimizer, self.engine.params, cfg.grad_clip, self.device,
                                     self.start_iter)
-        self._setup_shards()
-        if self.ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            ids = [torch.device(self.device).index] if self.device_type == "cuda" else None
-            self.model = DDP(self.model, device_ids=ids)
         self._write_run_files(run_cfg)
         n = self.raw_model.get_num_params()
         src = self.corpus.source
-        self._say(self.device_line())
+        self._say(self.engine.describe(fused_adamw=self.stepper.fused))
         self._say(f"model: {n / 1e6:.2f}M params ({self.model_cfg.n_layer} layers, "
                   f"{self.model_cfg.n_head} heads, {self.model_cfg.n_embd} embd, block "
                   f"{self.model_cfg.block_size}); data: {src['name']} ({src['tokens']:,} "
@@ -179,34 +164,6 @@ class Trainer:
         if self.resumed:
             how = "optimizer state loaded" if opt_state is not None else "no optimizer state: fresh AdamW"
             self._say(f"resumed from iter {self.start_iter} ({how})")
-
-    def _setup_shards(self) -> None:
-        """Batch shards over the CPU threads where they help (trainers/shards.py); torch's own
-        threads drop to 1 meanwhile and come back in fit's finally. Also glibc's memory reuse
-        on a CPU (step.keep_freed_memory)."""
-        self.threads = torch.get_num_threads()
-        self.kept_memory = self.device_type == "cpu" and keep_freed_memory()
-        n, self.shard_note = plan_shards(self.threads, self.cfg.batch_size, self.device_type,
-                                         self.ddp, self.cfg.compile, self.model_cfg.dropout,
-                                         self.cfg.cpu_shards)
-        if n > 1:
-            self.shards = ThreadShards(n)
-            torch.set_num_threads(1)
-
-    def device_line(self) -> str:
-        t = self.threads
-        name = f" ({torch.cuda.get_device_name(self.device)})" if self.device_type == "cuda" else ""
-        extra = f", ddp {self.world_size} processes" if self.ddp else ""
-        if self.shards is not None:
-            extra += f", batch split in {self.shards.n} shards (1 thread each)"
-        elif t > 1 and self.shard_note:
-            extra += f", threads split each op ({self.shard_note})"
-        if self.kept_memory:
-            extra += ", freed memory kept for reuse"
-        return (f"device: {self.device}{name}, {t} thread{'s' if t != 1 else ''}, "
-                f"bf16 {'on' if self.bf16 else 'off'}, compile {'on' if self.cfg.compile else 'off'}"
-                f"{', tf32 on' if self.device_type == 'cuda' else ''}{extra}"
-                f"{', fused AdamW' if self.stepper.fused else ''}{', CUDA graphs' if self.cudagraphs else ''}")
 
     def _write_run_files(self, run_cfg: dict[str, Any] | None) -> None:
         if not self.master:
@@ -260,15 +217,7 @@ class Trainer:
             for k in range(self.cfg.eval_iters):
                 X, Y = self.corpus.get_batch(split, self.cfg.batch_size,
                                              self.model_cfg.block_size, gen, self.device)
-                if self.cudagraphs:  # the previous batch's outputs are dead: replay over them
-                    torch.compiler.cudagraph_mark_step_begin()
-                if self.shards is not None:
-                    loss = self.shards.loss(self.eval_model, X, Y)
-                else:
-                    with self.ctx:
-                        loss = self.eval_model(X, Y)[1]
-                losses[k] = loss
-                del loss
+                losses[k] = self.engine.eval_loss(X, Y)
             out[split] = losses.mean().item()
         self.raw_model.train()
         return out
@@ -317,10 +266,8 @@ class Trainer:
                 pass  # the disk may be what failed; the original error matters more
             raise
         finally:
-            if self.shards is not None:
-                self.shards.close()
-                self.shards = None
-                torch.set_num_threads(self.threads)
+            if self.engine is not None:
+                self.engine.close()
             if self.master:
                 (self.run_dir / runs.STOP_FILE).unlink(missing_ok=True)
             if self.ddp and dist.is_initialized():
@@ -350,23 +297,9 @@ class Trainer:
             t0 = time.time()
             loss_sum: torch.Tensor | None = None
             for micro in range(self.micro_steps):
-                if self.ddp:  # all-reduce the gradients only on the last micro step
-                    self.model.require_backward_grad_sync = micro == self.micro_steps - 1
-                if self.shards is not None:  # forward and backward of every shard at once
-                    loss = self.shards.forward_backward(self.model, self.params, X, Y,
-                                                        1 / self.micro_steps)
-                    X, Y = self._batch()
-                    loss_sum = loss if loss_sum is None else loss_sum + loss
-                    continue
-                if self.cudagraphs:
-                    torch.compiler.cudagraph_mark_step_begin()
-                with self.ctx, self.attn_ctx():
-                    _, loss = self.model(X, Y)
-                    loss = loss / self.micro_steps  # (mean over micro steps)
-                X, Y = self._batch()  # queue the next batch while the device works
-                with self.attn_ctx():
-                    loss.backward()
-                loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+                loss, (X, Y) = self.engine.micro_step(X, Y, self.micro_steps,
+                                                      micro == self.micro_steps - 1, self._batch)
+                loss_sum = loss if loss_sum is None else loss_sum + loss
             assert loss_sum is not None
             self.stepper.step(loss_sum, it)
             it += 1
