@@ -105,6 +105,27 @@ def test_shards_run_on_their_own_threads_with_one_intra_op_thread(one_thread, sh
     assert [n for _, n, _ in seen] == [1, 1] and sorted(r for _, _, r in seen) == [3, 3]
 
 
+def test_shard_threads_use_the_thread_count_set_for_them(shards) -> None:
+    """Threads per shard (plan's second number) reach the pool's threads: OpenMP's count is per
+    thread, and torch gives a new thread the count last set."""
+    seen: list[int] = []
+    model = _model()
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, y):
+            seen.append(torch.get_num_threads())
+            return model(x, y)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, y = _batch(rows=4)
+        shards.forward_backward(Spy(), _params(model), x, y)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 2]
+
+
 def test_same_batch_gives_bitwise_same_gradients(one_thread, shards) -> None:
     x, y = _batch(rows=6)
     grads = []
@@ -139,16 +160,16 @@ def test_a_failing_shard_raises_after_every_shard_is_done(one_thread, shards) ->
 
 def test_plan_says_when_and_why_not() -> None:
     base = dict(threads=2, batch_size=12, device_type="cpu", ddp=False, compile=False, dropout=0.0)
-    assert plan(**base) == (2, "")
-    assert plan(**{**base, "threads": 8}) == (8, "")
-    assert plan(**{**base, "threads": 8, "batch_size": 3}) == (3, "")
-    assert plan(**{**base, "threads": 1}) == (1, "")
-    assert plan(**{**base, "device_type": "cuda"}) == (1, "")
-    assert plan(**base, enabled=False) == (1, "--no-cpu-shards")
+    assert plan(**base) == (2, 1, "")
+    assert plan(**{**base, "threads": 8}) == (2, 4, "")  # two shards, each op on 4 threads
+    assert plan(**{**base, "threads": 1}) == (1, 1, "")
+    assert plan(**{**base, "device_type": "cuda"}) == (1, 2, "")
+    assert plan(**base, enabled=False) == (1, 2, "--no-cpu-shards")
     for change, word in (({"ddp": True}, "DDP"), ({"compile": True}, "--compile"),
-                         ({"dropout": 0.1}, "dropout"), ({"batch_size": 1}, "one row")):
-        n, why = plan(**{**base, **change})
-        assert n == 1 and word in why
+                         ({"dropout": 0.1}, "dropout"), ({"batch_size": 1}, "one row"),
+                         ({"threads": 3}, "odd")):
+        n, per, why = plan(**{**base, **change})
+        assert n == 1 and per == change.get("threads", 2) and word in why
 
 
 def test_thread_shards_needs_two() -> None:

@@ -43,11 +43,12 @@ class Engine:
         self.attn_ctx = attention_context(cfg.compile, self.device_type)
         self.threads = torch.get_num_threads()
         self.kept_memory = self.device_type == "cpu" and keep_freed_memory()
-        n, self.shard_note = plan_shards(self.threads, cfg.batch_size, self.device_type, ddp,
-                                         cfg.compile, model.config.dropout, cfg.cpu_shards)
+        n, self.shard_threads, self.shard_note = plan_shards(
+            self.threads, cfg.batch_size, self.device_type, ddp, cfg.compile, model.config.dropout,
+            cfg.cpu_shards)
         self.shards = ThreadShards(n) if n > 1 else None
         if self.shards is not None:
-            torch.set_num_threads(1)  # each shard's thread does whole ops
+            torch.set_num_threads(self.shard_threads)  # per shard thread (OpenMP's are per thread)
         self.model: torch.nn.Module = compiled
         if ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -94,7 +95,8 @@ class Engine:
         if self.ddp:
             parts.append(f"ddp {self.world_size} processes")
         if self.shards is not None:
-            parts.append(f"batch split in {self.shards.n} shards (1 thread each)")
+            each = self.shard_threads
+            parts.append(f"batch split in {self.shards.n} shards ({each} thread{'s' if each != 1 else ''} each)")
         elif t > 1 and self.shard_note:
             parts.append(f"threads split each op ({self.shard_note})")
         if self.kept_memory:
