@@ -4,7 +4,8 @@
          --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000
          --lr_decay_iters=2000 --dropout=0.0) against `python -m trainers.train --preset cpu-small
          --data shakespeare --device cpu`; both with the same torch threads (--threads, default 2) and
-         OpenMP settings (OMP_WAIT_POLICY unset, as in a user's shell, unless --omp-wait-policy). Goals: tokens/s >= 1.2x nanoGPT's; val loss at 2000 within 0.02 of its.
+         OpenMP settings (OMP_WAIT_POLICY unset, as in a user's shell, unless --omp-wait-policy).
+         Goals: tokens/s >= 1.2x nanoGPT's; val loss at 2000 within 0.02 of its.
   --gpu  config/train_shakespeare_char.py (compile on) against `--preset baby --compile --device cuda`.
          Goals: ms/iter 1.5x faster than nanoGPT's; best val loss <= nanoGPT's + 0.02.
 
