@@ -1,10 +1,14 @@
-"""Small Streamlit widgets shared by pages. Each is a thin layer over a pure function in app/views
-(which tests call without Streamlit); these only place the element and wire its events to state.
+"""Small Streamlit widgets shared by pages. Each is a thin layer over a pure function (app.views,
+app.catalog, app.resources); these only place the element and wire its events to state.
 
-head_table(scores, key)  every head in one sortable table; clicking a row opens that head (it sets
-                         the shared session_state "layer" / "head", as the pages' selectors do).
+inspection(names)         the prompt box, then the page's Inspection (model, ids, labels, the cached
+                          recording of `names` under the active edit, layer and head clamped)
 prompt_box(loaded, names) the shared prompt box with its checks (app.views.prompt): empty, unknown
-                         characters (with an offer to drop them), too long, over the memory estimate.
+                          characters (with an offer to drop them), too long, over the memory estimate
+picker(key, level)        the one model picker: the sidebar's flat list, the Model page's source and
+                          checkpoint, the Timeline's run with snapshots (all from app.catalog)
+head_table(scores, key)   every head in one sortable table; clicking a row opens that head (it sets
+                          the shared session_state "layer" / "head", as the pages' selectors do)
 """
 from __future__ import annotations
 
@@ -13,12 +17,22 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from app import resources, state
+from app import catalog, resources, state
+from app.inspection import Inspection
 from app.views import heads as vh
 
 
 def _set_head(pick: tuple[int, int]) -> None:
     st.session_state[state.LAYER], st.session_state[state.HEAD] = pick
+
+
+def open_head(decode: Callable[..., tuple[int, int] | None], key: str, *args: Any) -> None:
+    """An on_select / on_change callback: decode st.session_state[key] (a chart's selection, a
+    widget's value) with `decode(value, *args)` and, when it names a head, open it (the shared
+    "layer" and "head"). Used as functools.partial(open_head, va.grid_pick, key, L, H)."""
+    pick = decode(st.session_state.get(key), *args)
+    if pick is not None:
+        _set_head(pick)
 
 
 def head_table(scores: Any, key: str, selected: tuple[int, int] | None = None,
@@ -92,3 +106,66 @@ def prompt_box(loaded: "resources.Loaded", names: tuple[str, ...] | list[str], w
     if not p.ok:
         st.stop()
     return p
+
+
+def inspection(names: tuple[str, ...], where: Any = st, check: tuple[str, ...] | None = None,
+               record: bool = True) -> Inspection:
+    """The preamble of every inspector page: the current model (or the "No model yet" guidance and a
+    stop), the prompt box checked for `check` (default: `names`), and the Inspection of the prompt
+    recording `names` under the session's active edit (record=False: no forward, rec is None).
+    The shared layer and head are clamped to the model and written back, so the page's selectors
+    bound to them always hold a valid value."""
+    loaded = resources.require_model()
+    p = prompt_box(loaded, check if check is not None else names, where)
+    ss = st.session_state
+    insp = resources.inspect(loaded, p.ids, names if record else None, ss.get(state.LAYER),
+                             ss.get(state.HEAD), ss.get(state.EDIT))
+    ss[state.LAYER], ss[state.HEAD] = insp.layer, insp.head
+    return insp
+
+
+# -- the one model picker ---------------------------------------------------------------------------
+def picker(key: str, level: str = "checkpoint", where: Any = st, current: str | None = None,
+           on_change: Callable[[str], None] | None = None, help: str | None = None) -> str | None:
+    """Choose what to inspect from app.catalog. Returns the chosen ref (or run folder), None when
+    there is nothing to choose.
+
+    level "checkpoint": one select box over the bundled model and every run's latest and best (the
+      sidebar); `current` is kept in the list even when the catalog lacks it (an upload, a path).
+      The widget is keyed by `current`, so when another page changes the model this one starts
+      afresh on it instead of fighting over the value; on_change(ref) runs when the user picks.
+    level "source": two boxes, the bundled model or a run (key+"_source"), then its latest, best or
+      a snapshot (key+"_ckpt_<source>") (the Model page, which loads on a button).
+    level "run": runs that kept snapshots, the bundled and current model's first (the Timeline).
+    """
+    if level == "checkpoint":
+        choices = {e.ref: e.label for e in catalog.entries(snapshots=False)}
+        if current is not None and current not in choices:
+            choices = {current: catalog.describe(current), **choices}
+        if not choices:
+            return None
+        refs, wkey = list(choices), f"{key}:{current}"
+        return where.selectbox("Model", refs, index=refs.index(current) if current in refs else 0, key=wkey,
+                               format_func=lambda r: choices.get(r, r), help=help,
+                               on_change=(lambda: on_change(st.session_state[wkey])) if on_change else None)
+    if level == "run":
+        runs = {str(s.path): s.label for s in catalog.timeline_runs(current)}
+        if not runs:
+            return None
+        if st.session_state.get(key) not in runs:
+            st.session_state[key] = next(iter(runs))
+        return where.selectbox("Run", list(runs), format_func=runs.get, key=key, help=help)
+    if level != "source":
+        raise ValueError(f"picker level must be 'checkpoint', 'source' or 'run', got {level!r}")
+    sources = {s.key: s.label for s in catalog.sources()}
+    if not sources:
+        return None
+    left, right = where.columns(2)
+    source = left.selectbox("Bundled model or run", list(sources), key=f"{key}_source",
+                            format_func=lambda k: k if k == catalog.BUNDLED_SOURCE else sources[k])
+    options = {e.which: e.ref for e in catalog.checkpoints(source)}
+    if not options:
+        st.caption(f"{source} has no checkpoint yet (it writes one at its first evaluation).")
+        return None
+    which = right.selectbox("Checkpoint", list(options), key=f"{key}_ckpt_{source}", help=help)
+    return options.get(which)

@@ -2,7 +2,8 @@
 
 It only routes: st.navigation over the page scripts in app/screens/ (a page is listed only when its
 file exists, so later pages plug in without editing this file), plus the one element every page
-shares, the current model in the sidebar. Session defaults come from app.state.init_state().
+shares, the current model in the sidebar (components.picker). Session defaults come from
+app.state.init_state().
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ if str(REPO) not in sys.path:  # `streamlit run app/main.py` puts app/, not the 
 
 import streamlit as st  # noqa: E402
 
-from app import state  # noqa: E402
+from app import catalog, components, state  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # (file under app/, title, url_path, icon); the first is the default page
@@ -32,12 +33,11 @@ PAGES = [
 SIDEBAR_KEY = "_sidebar_model"
 
 
-def _choose_from_sidebar(key: str) -> None:
-    """on_change of the sidebar selector: switch model only if the new one loads (else keep the old)."""
+def _choose(ref: str) -> None:
+    """The sidebar's on_change: switch model only if the new one loads (else keep the old)."""
     from app import resources
     from gpt.checkpoint import CheckpointError
 
-    ref = st.session_state[key]
     try:
         resources.load_model(ref)
     except CheckpointError as e:
@@ -47,28 +47,20 @@ def _choose_from_sidebar(key: str) -> None:
 
 
 def model_sidebar() -> None:
-    """The current model on every page: a compact selector over the bundled model and the runs."""
+    """The current model on every page: the compact picker over the bundled model and the runs."""
     ref = st.session_state.get(state.MODEL_REF)
     if ref is None:  # a run may have produced its first checkpoint since the session began
-        ref = st.session_state[state.MODEL_REF] = state.default_model_ref()
+        ref = st.session_state[state.MODEL_REF] = catalog.default_ref()
     try:
-        choices = dict(state.model_choices(snapshots=False))
+        with st.sidebar:
+            chosen = components.picker(SIDEBAR_KEY, "checkpoint", current=ref, on_change=_choose,
+                                       help="The model every page inspects; the Model page offers "
+                                            "snapshots, paths and uploads.")
     except OSError as e:  # an unreadable checkpoints root must not take every page down
         st.sidebar.caption(f"Cannot list runs: {e}")
-        choices = {}
-    if ref is not None and ref not in choices:
-        choices = {ref: state.describe_ref(ref), **choices}
-    with st.sidebar:
-        if not choices:
-            st.caption("Model: none yet")
-            return
-        # keyed by the current ref: when another page changes the model, this widget starts afresh
-        # on it instead of fighting over the value
-        key = f"{SIDEBAR_KEY}:{ref}"
-        refs = list(choices)
-        st.selectbox("Model", refs, index=refs.index(ref) if ref in refs else 0, key=key,
-                     format_func=lambda r: choices.get(r, r), on_change=_choose_from_sidebar, args=(key,),
-                     help="The model every page inspects; the Model page offers snapshots, paths and uploads.")
+        return
+    if chosen is None:
+        st.sidebar.caption("Model: none yet")
 
 
 st.set_page_config(page_title="nanolens", page_icon=":material/visibility:", layout="wide")

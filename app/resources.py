@@ -1,70 +1,59 @@
-"""Every st.cache_resource of the app, in one place, plus the "which model is chosen" helpers.
+"""The one owner of the app's caches: models, recorded forwards, and every analysis a page shows.
 
-Factories stay tiny and the logic lives in imported modules (gpt.checkpoint, gpt.record,
-app.views.prompt), because editing a decorated function's source makes a second cache entry.
-Cached objects are shared by all sessions, so they are never mutated after creation (models are
-in eval mode and only run under torch.no_grad) and the trace cache has its own lock.
+Pages never call gpt.checkpoint.load, a forward pass or an analysis themselves: they ask here.
+Factories stay tiny and the logic lives in imported modules (gpt/, app.catalog), because editing a
+decorated function's source makes a second cache entry. Cached objects are shared by all sessions,
+so they are never mutated after creation (models are in eval mode and only run under no_grad) and
+the trace cache has its own lock. Every key that depends on a checkpoint includes its stamp (path
+and mtime), so a rewritten checkpoint is never served stale; every trace key includes the edit.
 
-API for pages:
-  load_model(ref) -> Loaded          CheckpointError (with a clear message) when it cannot load.
-  current_model() -> Loaded | None   the model of session_state["model_ref"].
-  require_model() -> Loaded          shows "No model yet" guidance and st.stop()s when none.
-  show_no_model()                    that guidance alone.
-  trace(loaded, ids, names) -> Recorder   LRU cache (16) of recorded forwards, keyed by (model, ids, names).
-  prompt_ids(loaded, text, drop_unknown=False, names=None) -> PromptIds   (app.views.prompt)
-  save_upload([(name, bytes)]) -> Path, discard_upload(path), uploads_dir()   (Model page)
-  cpu_tokens_per_s(), run_sample(ckpt, iter) -> str                        (Train page)
-  clear_caches()                                                          (tests)
+  load_model(ref) -> Loaded                 CheckpointError (a clear message) when it cannot load
+  current_model() / require_model()         the model of session_state["model_ref"]
+  show_no_model()                           the "No model yet" guidance
+  trace(loaded, ids, names, edit) -> Recorder     LRU (16) of recorded forwards
+  inspect(loaded, ids, names, layer, head, edit) -> Inspection   (components.inspection's core)
+  prompt_ids(loaded, text, ...) -> PromptIds      the prompt checks (app.views.prompt)
+  head_scores(loaded), snapshot_scores(ref)       gpt.heads.head_scores per checkpoint
+  model_views(loaded)                       embedding PCA and position similarity (per model)
+  prompt_loss(loaded, ids), prompt_loss_at(ref, ids), greedy_sample(loaded, ids, n),
+  training_example(loaded, ids)             per checkpoint and prompt
+  cpu_tokens_per_s(), metrics_tail(run), run_sample(ckpt, iter)   (Train page)
+  clear_caches()                            (tests)
 """
 from __future__ import annotations
 
-import io
-import os
-import re
-import shutil
-import stat
 import threading
-import time
-import uuid
-import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable
 
 import streamlit as st
 import torch
 
-from app import state
+from app import catalog, state
+from app.inspection import Inspection, Loaded, edit_key
+from app.views import layers as vl
 from app.views.prompt import PromptIds
 from app.views.prompt import prompt_ids as _prompt_ids
-from gpt.checkpoint import CheckpointError, checkpoints_root, load, resolve_checkpoint
-from gpt.config import GPTConfig
+from gpt import analysis, heads
+from gpt.checkpoint import CheckpointError, load, resolve_checkpoint
+from gpt.generate import greedy_continuation
 from gpt.model import GPT
 from gpt.record import Recorder
 from gpt.tokenizer import Tokenizer
 from trainers.metrics import MetricsTail
 
-APP_DIR = Path(__file__).resolve().parent
+if TYPE_CHECKING:
+    from gpt.edit import Edits
+
+APP_DIR = catalog.REPO / "app"
 MODEL_ERROR = "model_error"  # session_state: why the chosen model could not be loaded
 TRACE_ENTRIES = 16
+ANALYSIS_ENTRIES = 512  # head scores, losses and samples are small: (L, H) tensors, floats, 40 ids
 NO_MODEL = "No model yet: train one or load one."
+uploads_dir = catalog.uploads_dir  # TEMPORARY for the Train page until it uses app.uploads
 
 
-@dataclass(frozen=True, eq=False)
-class Loaded:
-    """A loaded model and everything a page needs to describe it. Shared between sessions: read-only.
-    Hashes by identity (eq=False), so it can key a dict or an lru_cache cheaply."""
-
-    model: GPT
-    tokenizer: Tokenizer
-    meta: dict[str, Any]
-    ref: str  # what the user chose (run folder, checkpoint folder, file)
-    label: str  # short display name (state.describe_ref)
-    config: GPTConfig
-    stamp: str = field(default="", compare=False)  # resolved checkpoint + its mtime (cache key)
-
-
+# -- models ------------------------------------------------------------------------------------------
 def checkpoint_stamp(ref: str) -> str:
     """`<resolved checkpoint>@<mtime_ns>`: changes whenever the checkpoint a ref names is rewritten
     (a running run replaces latest/ at each eval), so load_model never serves a stale model."""
@@ -79,7 +68,7 @@ def checkpoint_stamp(ref: str) -> str:
 
 def _make_loaded(ref: str, stamp: str) -> Loaded:
     model, tok, meta = load(ref)
-    return Loaded(model=model, tokenizer=tok, meta=meta, ref=ref, label=state.describe_ref(ref),
+    return Loaded(model=model, tokenizer=tok, meta=meta, ref=ref, label=catalog.describe(ref),
                   config=model.config, stamp=stamp)
 
 
@@ -97,14 +86,14 @@ def load_model(ref: str) -> Loaded:
 
 def current_model() -> Loaded | None:
     """The model chosen in this session (session_state["model_ref"]); when none is chosen yet, the
-    default (state.default_model_ref). None when there is none or it failed to load; the reason is
+    default (catalog.default_ref). None when there is none or it failed to load; the reason is
     kept in session_state["model_error"] for show_no_model. A still-untouched default prompt is
     switched to the one that suits the model's tokenizer."""
     ss = st.session_state
     if state.MODEL_REF not in ss:
         state.init_state()
     if ss.get(state.MODEL_REF) is None:
-        ss[state.MODEL_REF] = state.default_model_ref()
+        ss[state.MODEL_REF] = catalog.default_ref()
     ref = ss.get(state.MODEL_REF)
     if ref is None:
         return None
@@ -134,7 +123,7 @@ def show_no_model() -> None:
             ("screens/model.py", "Load a checkpoint: a run, a path or an upload", "folder_open")):
         if (APP_DIR / page).is_file():  # st.page_link refuses pages that are not registered
             st.page_link(page, label=label, icon=f":material/{icon}:")
-    st.caption(f"The bundled model is looked for in `checkpoints/{state.BUNDLED_NAME}` "
+    st.caption(f"The bundled model is looked for in `checkpoints/{catalog.BUNDLED_NAME}` "
                "(or set NANOLENS_BUNDLED to a checkpoint path).")
 
 
@@ -149,26 +138,26 @@ def require_model() -> Loaded:
 
 # -- recorded forwards --------------------------------------------------------------------------------
 class TraceCache:
-    """A thread-safe LRU of Recorders. The forward runs outside the lock (two sessions asking for the
-    same new key may both compute it; the second result simply replaces the first)."""
+    """A thread-safe LRU. The value is made outside the lock (two sessions asking for the same new key
+    may both compute it; the second result simply replaces the first)."""
 
     def __init__(self, maxsize: int = TRACE_ENTRIES) -> None:
         self.maxsize = maxsize
-        self._items: OrderedDict[tuple, Recorder] = OrderedDict()
+        self._items: OrderedDict[Hashable, object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple, make: Callable[[], Recorder]) -> Recorder:
+    def get(self, key: Hashable, make: Callable[[], object]) -> object:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        rec = make()
+        value = make()
         with self._lock:
-            self._items[key] = rec
+            self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self.maxsize:
                 self._items.popitem(last=False)
-        return rec
+        return value
 
     def __len__(self) -> int:
         with self._lock:
@@ -184,21 +173,28 @@ def _trace_cache() -> TraceCache:
     return TraceCache()
 
 
-def record_forward(model: GPT, ids: Iterable[int], names: Iterable[str] | None) -> Recorder:
-    """One recorded forward of `ids` (batch 1) keeping only `names` (None: everything)."""
+@st.cache_resource
+def _analysis_cache() -> TraceCache:
+    return TraceCache(maxsize=ANALYSIS_ENTRIES)
+
+
+def record_forward(model: GPT, ids: Iterable[int], names: Iterable[str] | None,
+                   edit: "Edits | None" = None) -> Recorder:
+    """One recorded forward of `ids` (batch 1) keeping only `names` (None: everything), under `edit`."""
     rec = Recorder(names=None if names is None else list(names))
     idx = torch.tensor([list(ids)], dtype=torch.long)  # (1, T)
     with torch.no_grad():
-        model(idx, rec=rec)
+        model(idx, rec=rec, edit=edit)
     return rec
 
 
-def trace(loaded: Loaded, ids: tuple[int, ...], names: tuple[str, ...]) -> Recorder:
-    """The Recorder of `loaded.model` run on `ids`, recording only `names` (names or globs; an empty
-    tuple means every site). Cached (LRU, 16 entries, shared by sessions): treat it as read-only."""
+def trace(loaded: Loaded, ids: tuple[int, ...], names: tuple[str, ...], edit: "Edits | None" = None) -> Recorder:
+    """The Recorder of `loaded.model` run on `ids` under `edit`, recording only `names` (names or
+    globs; an empty tuple means every site). Cached (LRU, 16 entries, shared by sessions) by
+    (model, stamp, ids, names, edit key): treat it as read-only."""
     ids, names = tuple(int(i) for i in ids), tuple(names)
-    key = (loaded.ref, loaded.stamp, ids, names)
-    return _trace_cache().get(key, lambda: record_forward(loaded.model, ids, names or None))
+    key = (loaded.ref, loaded.stamp, ids, names, edit_key(edit))
+    return _trace_cache().get(key, lambda: record_forward(loaded.model, ids, names or None, edit))
 
 
 def prompt_ids(loaded: Loaded, text: str, drop_unknown: bool = False,
@@ -207,31 +203,70 @@ def prompt_ids(loaded: Loaded, text: str, drop_unknown: bool = False,
     return _prompt_ids(loaded.tokenizer, loaded.config, text, drop_unknown=drop_unknown, names=names)
 
 
+def inspect(loaded: Loaded, ids: tuple[int, ...], names: tuple[str, ...] | None, layer: object = 0,
+            head: object = 0, edit: "Edits | None" = None) -> Inspection:
+    """The Inspection of `ids` through `loaded` under `edit`, with the cached recording of `names`
+    (None: no recording, rec is None; () records every site)."""
+    rec = trace(loaded, ids, names, edit) if names is not None else None
+    return Inspection.of(loaded, tuple(ids), rec, names or (), layer, head, edit)
+
+
+# -- analyses -----------------------------------------------------------------------------------------
+def _analysis(key: tuple, make: Callable[[], object]) -> object:
+    return _analysis_cache().get(key, make)
+
+
+def head_scores(loaded: Loaded) -> heads.HeadScores:
+    """Every head's scores on the repeated random sequence (prompt-independent: once per checkpoint)."""
+    return _analysis(("scores", loaded.ref, loaded.stamp), lambda: heads.head_scores(loaded.model))
+
+
+def snapshot_scores(ref: str) -> heads.HeadScores:
+    """head_scores of a checkpoint that is not being viewed (a run's snapshots on the Timeline). The
+    model is loaded outside the model cache: scoring a run's many snapshots once must not evict
+    the models being viewed."""
+    return _analysis(("scores", ref, checkpoint_stamp(ref)), lambda: heads.head_scores(load(ref)[0]))
+
+
+def model_views(loaded: Loaded) -> "vl.ModelViews":
+    """The Layers page's prompt-independent part (embedding PCA, position similarity): once per
+    checkpoint, shared by sessions (read-only)."""
+    return _analysis(("model_views", loaded.ref, loaded.stamp), lambda: vl.model_views(loaded.model))
+
+
+def prompt_loss(loaded: Loaded, ids: tuple[int, ...]) -> float | None:
+    """The model's mean next-token loss on `ids` (None for one token)."""
+    return _analysis(("loss", loaded.ref, loaded.stamp, tuple(ids)),
+                     lambda: analysis.forward_loss(loaded.model, ids))
+
+
+def prompt_loss_at(ref: str, ids: tuple[int, ...]) -> float | None:
+    """prompt_loss of the checkpoint at `ref`; None when it cannot be loaded (a snapshot deleted
+    while the page shows its run)."""
+    try:
+        return prompt_loss(load_model(ref), ids)
+    except CheckpointError:
+        return None
+
+
+def training_example(loaded: Loaded, ids: tuple[int, ...]) -> analysis.TrainingExample:
+    """The prompt as one training example: forward(x, y) and its per-position losses (Walkthrough)."""
+    return _analysis(("training", loaded.ref, loaded.stamp, tuple(ids)),
+                     lambda: analysis.training_example(loaded.model, ids))
+
+
+def greedy_sample(loaded: Loaded, ids: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """The `n` tokens greedy decoding appends to `ids` (gpt.generate.greedy_continuation)."""
+    return _analysis(("sample", loaded.ref, loaded.stamp, tuple(ids), n),
+                     lambda: tuple(greedy_continuation(loaded.model, ids, n)))
+
+
 # -- training page ------------------------------------------------------------------------------------
-def measure_tokens_per_s(steps: int = 3, batch_size: int = 8) -> float:
-    """Training tokens/s of the tiny preset on this machine (AdamW steps, current torch threads)."""
-    from gpt.config import GPTConfig as _C
-
-    cfg = _C.preset("tiny")
-    model = GPT(cfg)
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=gen)  # (B, T)
-    times = []
-    for i in range(steps + 1):  # the first step warms up allocators
-        t0 = time.perf_counter()
-        _, loss = model(x, x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i:
-            times.append(time.perf_counter() - t0)
-    return batch_size * cfg.block_size / max(min(times), 1e-6)
-
-
 @st.cache_resource(show_spinner="Measuring this machine's training speed…")
 def cpu_tokens_per_s() -> float:
-    """measure_tokens_per_s(), once per process (the Train page's time estimates scale it)."""
+    """trainers.estimate.measure_tokens_per_s(), once per process (the Train page's estimates scale it)."""
+    from trainers.estimate import measure_tokens_per_s
+
     return measure_tokens_per_s()
 
 
@@ -261,105 +296,15 @@ def run_sample(ckpt: str, it: int) -> str:
     return sample_text(model, tok)
 
 
-# -- uploads -------------------------------------------------------------------------------------------
-UPLOADS = ".uploads"  # under the checkpoints root; hidden, so it is never listed as a run
-MAX_UNZIPPED_BYTES = 4 << 30  # a zip that inflates past this is refused (zip bomb)
-MAX_ZIP_ENTRIES = 10_000
-UPLOAD_HELP = ("upload a .zip of a checkpoint folder, a model .safetensors together with its "
-               "config.json, or a nanoGPT ckpt.pt (with its meta.pkl for a character model)")
-
-
-def uploads_dir() -> Path:
-    return checkpoints_root() / UPLOADS
-
-
-def _extract_zip(data: bytes, dest: Path) -> None:
-    """Unpack `data` into `dest`, refusing absolute or '..' paths, links and zip bombs."""
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"the uploaded .zip cannot be opened ({e})") from None
-    if len(infos) > MAX_ZIP_ENTRIES:
-        raise CheckpointError(f"the uploaded .zip has {len(infos)} entries; a checkpoint has a few")
-    total = 0
-    for info in infos:
-        name = PurePosixPath(info.filename.replace("\\", "/"))
-        if name.is_absolute() or ".." in name.parts or (name.parts and name.parts[0].endswith(":")):
-            raise CheckpointError(f"the uploaded .zip holds an unsafe path {info.filename!r}; refused")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise CheckpointError(f"the uploaded .zip holds a link {info.filename!r}; refused")
-        if info.is_dir() or not name.parts or name.parts[0] == "__MACOSX":
-            continue
-        total += info.file_size
-        if total > MAX_UNZIPPED_BYTES:
-            raise CheckpointError("the uploaded .zip inflates to more than "
-                                  f"{MAX_UNZIPPED_BYTES >> 30} GiB; refused")
-        target = dest.joinpath(*name.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:  # CRC errors, truncation
-            raise CheckpointError(f"the uploaded .zip is damaged at {info.filename!r} ({e})") from None
-
-
-def save_upload(files: list[tuple[str, bytes]]) -> Path:
-    """Save uploaded (file name, bytes) into a fresh folder under <checkpoints root>/.uploads and
-    return the path to give load_model: the folder (a zip's single top folder, a safetensors +
-    config.json pair) or the ckpt.pt. CheckpointError when the files are not a known combination;
-    the folder is removed again in that case."""
-    if not files:
-        raise CheckpointError(f"nothing uploaded: {UPLOAD_HELP}")
-    by_ext: dict[str, list[tuple[str, bytes]]] = {}
-    for name, data in files:
-        by_ext.setdefault(Path(name).suffix.lower(), []).append((Path(name).name, data))
-    stem = re.sub(r"[^\w.-]+", "-", Path(files[0][0]).stem)[:40] or "upload"
-    dest = uploads_dir() / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    dest.mkdir(parents=True)
-    try:
-        exts = set(by_ext)
-        if exts == {".zip"} and len(by_ext[".zip"]) == 1:
-            _extract_zip(by_ext[".zip"][0][1], dest)
-            found = dest
-            while True:  # descend through a zip's single top folder
-                entries = [p for p in found.iterdir() if p.name != "__MACOSX"]
-                if len(entries) == 1 and entries[0].is_dir():
-                    found = entries[0]
-                    continue
-                return found
-        if exts == {".safetensors", ".json"} and all(len(v) == 1 for v in by_ext.values()):
-            (dest / "model.safetensors").write_bytes(by_ext[".safetensors"][0][1])
-            (dest / "config.json").write_bytes(by_ext[".json"][0][1])
-            return dest
-        if exts in ({".pt"}, {".pt", ".pkl"}, {".ckpt"}, {".ckpt", ".pkl"}) and \
-                all(len(v) == 1 for v in by_ext.values()):
-            if ".pkl" in by_ext:
-                (dest / "meta.pkl").write_bytes(by_ext[".pkl"][0][1])
-            (dest / "ckpt.pt").write_bytes(next(v for k, v in by_ext.items() if k != ".pkl")[0][1])
-            return dest / "ckpt.pt"
-        got = ", ".join(n for n, _ in files)
-        raise CheckpointError(f"cannot tell what {got} is: {UPLOAD_HELP}")
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-
-
-def discard_upload(path: str | os.PathLike) -> None:
-    """Remove the upload folder that `path` (from save_upload) lives in; other paths are left alone."""
-    root = uploads_dir().resolve()
-    p = Path(path).resolve()
-    if root in p.parents:
-        shutil.rmtree(root / p.relative_to(root).parts[0], ignore_errors=True)
-
-
 def clear_caches() -> None:
-    """Drop every cached model and trace (tests; or after deleting runs)."""
+    """Drop every cached model, trace and analysis (tests; or after deleting runs)."""
     _load_cached.clear()
     _trace_cache().clear()
     _trace_cache.clear()
+    _analysis_cache().clear()
+    _analysis_cache.clear()
 
 
 __all__ = ["Loaded", "load_model", "current_model", "require_model", "show_no_model", "trace",
-           "prompt_ids", "PromptIds", "clear_caches", "checkpoint_stamp", "NO_MODEL",
-           "save_upload", "discard_upload", "uploads_dir"]
+           "prompt_ids", "PromptIds", "clear_caches", "checkpoint_stamp", "NO_MODEL", "head_scores",
+           "snapshot_scores", "model_views", "prompt_loss", "greedy_sample"]

@@ -85,8 +85,9 @@ def bench(run: Path, T: int, reps: int) -> dict[str, Any]:
     """Per-stage medians (CPU and wall ms) over every snapshot x reps; see the module docstring."""
     from app import resources
     from app.views import timeline as vt
-    from gpt.analysis import head_scores
     from gpt.checkpoint import list_snapshots
+    from gpt.generate import greedy_continuation
+    from gpt.heads import head_scores
 
     snaps = [str(p) for _, p in list_snapshots(run)]
     tok = CharTokenizer(list(CHARS))
@@ -111,7 +112,7 @@ def bench(run: Path, T: int, reps: int) -> dict[str, Any]:
                                                              tok.token_str)),
                         ("serialize", lambda: sum(_serialize(f) for f in (got["figures"].pattern,
                                                                            got["figures"].lens))),
-                        ("sample", lambda: vt.greedy_continuation(got["load warm"].model, ids)),
+                        ("sample", lambda: greedy_continuation(got["load warm"].model, ids, vt.SAMPLE_TOKENS)),
                         ("head scores", lambda: head_scores(got["load warm"].model))):
                     c, w, got[stage] = _clock(fn)
                     if rep:

@@ -76,9 +76,10 @@ def training_ready(model: GPT, tok: CharTokenizer, text: str) -> int:
     """The Training tab's work after a prompt change: forward(x, y), the table and the loss figure."""
     from app.views import walkthrough as vw
     from app.views.tokens import token_strs, unique_labels
+    from gpt.analysis import training_example
 
     ids = tok.encode(text)[-model.config.block_size:]
-    tv = vw.training_view(model, ids)
+    tv = training_example(model, ids)
     vw.training_table(tv, tok.token_str).to_json()
     fig = vw.loss_figure(tv, unique_labels(token_strs(tok.token_str, tv.y), start=1))
     return len(pio.to_json(fig, validate=False))

@@ -1,4 +1,7 @@
-"""Analyses of a recording: pure functions, tensors in, plain tensors and dataclasses out.
+"""Analyses of a recording and of the model's predictions: the residual stream (norms, logit lens),
+the output distribution (next-token probabilities, the true token's rank, losses on a prompt) and
+the embeddings. Pure functions, tensors in, plain tensors and dataclasses out; attention-head
+scores live in gpt.heads.
 
 Conventions: a Recorder (gpt.record) filled by `model(idx, rec=rec)`; batch element 0 is analysed
 unless stated otherwise; everything returned is float32 on the CPU, detached. NEEDS lists the
@@ -26,7 +29,6 @@ RESID_KEYS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 NEEDS: dict[str, list[str]] = {
     "residual_norms": [f"blocks.*.hook_{k}" for k in RESID_KEYS],
     "logit_lens": ["blocks.*.hook_resid_pre", "blocks.*.hook_resid_post"],
-    "head_scores": ["blocks.*.attn.hook_pattern"],
     "next_token": ["logits"],
 }
 
@@ -128,6 +130,15 @@ class NextToken:
     surprise_bits: torch.Tensor
 
 
+def target_prob_rank(probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's probability of its target token, and that token's rank: probs (N, V) and targets
+    (N,) long on the same device -> prob (N,), rank (N,) long. Rank 1 is the most likely; it is
+    1 + the number of tokens with a strictly higher probability, so tied tokens share the better rank."""
+    p = probs.gather(1, targets.unsqueeze(1))  # (N, 1)
+    rank = 1 + (probs > p).sum(dim=1)  # (N,)
+    return p.squeeze(1), rank
+
+
 def next_token(logits: torch.Tensor, ids: Sequence[int] | torch.Tensor, temperature: float = 1.0,
                k: int = 10) -> NextToken:
     """The next-token distribution at every position, softmax(logits / temperature) through
@@ -145,10 +156,8 @@ def next_token(logits: torch.Tensor, ids: Sequence[int] | torch.Tensor, temperat
         raise ValueError(f"got {ids_t.numel()} ids for {T} positions of logits; pass the ids that were forwarded")
     probs = sampling_distribution(logits.detach().cpu(), temperature)  # (T, V)
     top_probs, top_ids = torch.topk(probs, min(k, V), dim=-1)
-    actual = ids_t[1:].unsqueeze(1)  # (T-1, 1)
-    p = probs[:-1].gather(1, actual)  # (T-1, 1)
-    rank = 1 + (probs[:-1] > p).sum(dim=1)
-    return NextToken(top_ids, top_probs, p.squeeze(1), rank, -torch.log2(p.squeeze(1)))
+    prob, rank = target_prob_rank(probs[:-1], ids_t[1:])  # (T-1,) each: position t predicts ids[t+1]
+    return NextToken(top_ids, top_probs, prob, rank, -torch.log2(prob))
 
 
 def per_position_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -160,116 +169,67 @@ def per_position_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return loss.view(targets.shape)
 
 
-# -- attention heads -------------------------------------------------------------------------------
-def head_scores_from_pattern(pattern: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-head scores of attention patterns (B, H, T, T) or (H, T, T), averaged over the batch,
-    each a Tensor (H,), over query positions t >= 1 (position 0 can only attend to itself):
-      entropy:     mean over t of -sum_j p log2 p, in BITS;
-      prev_token:  mean over t of pattern[t, t-1];
-      first_token: mean over t of pattern[t, 0] (the "attention sink").
-    With T == 1 every score is 0 (entropy, previous) or 1 (first token)."""
-    p = pattern.float()
-    if p.dim() == 3:
-        p = p.unsqueeze(0)
-    B, H, T, _ = p.shape  # (B, H, T, T)
-    if T == 1:
-        z = torch.zeros(H)
-        return {"entropy": z, "prev_token": z.clone(), "first_token": torch.ones(H)}
-    q = p[:, :, 1:, :]  # (B, H, T-1, T) queries 1..T-1
-    ent = -(torch.special.xlogy(q, q).sum(-1)) / torch.log(torch.tensor(2.0))  # (B, H, T-1)
-    prev = p.diagonal(offset=-1, dim1=-2, dim2=-1)  # (B, H, T-1): pattern[t, t-1]
-    first = q[..., 0]  # (B, H, T-1)
-    return {"entropy": ent.mean((0, 2)), "prev_token": prev.mean((0, 2)), "first_token": first.mean((0, 2))}
+def prompt_loss(logits: torch.Tensor, ids: Sequence[int]) -> float | None:
+    """Mean cross-entropy (nats) of predicting ids[t+1] from position t: GPT.forward(ids[:-1],
+    ids[1:])'s loss, read off the logits (1, T, V) or (T, V) of one forward over all T `ids` (so a
+    recording made for other figures gives the loss without another forward). None for one token."""
+    if logits.dim() == 3:
+        logits = logits[0]  # (T, V)
+    if len(ids) < 2:
+        return None
+    targets = torch.as_tensor(list(ids)[1:], dtype=torch.long, device=logits.device)  # (T-1,)
+    return float(per_position_loss(logits[:-1], targets).mean())
 
 
-def induction_score_from_pattern(pattern: torch.Tensor, n: int) -> torch.Tensor:
-    """Induction score per head (H,) of patterns (B, H, 2n, 2n) or (H, 2n, 2n) on n random tokens
-    repeated twice: mean over t in the second half (n .. 2n-1) of pattern[t, t-n+1], the token after
-    the previous occurrence of the current token (TransformerLens's definition)."""
-    p = pattern.float()
-    if p.dim() == 3:
-        p = p.unsqueeze(0)
-    if p.size(-1) != 2 * n:
-        raise ValueError(f"pattern covers {p.size(-1)} positions; a repeated sequence of {n} has {2 * n}")
-    stripe = p.diagonal(offset=-(n - 1), dim1=-2, dim2=-1)  # (B, H, n+1): pattern[t, t-n+1], t = n-1..2n-1
-    return stripe[..., 1:].mean((0, 2))  # t = n .. 2n-1
-
-
-def repeated_tokens(vocab_size: int, n: int, batch: int = 4, seed: int = 0) -> torch.Tensor:
-    """(batch, 2n) ids: n uniform random tokens (seeded CPU generator), repeated twice."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    half = torch.randint(0, vocab_size, (batch, n), generator=g)
-    return torch.cat([half, half], dim=1)
+@torch.no_grad()
+def forward_loss(model: torch.nn.Module, ids: Sequence[int]) -> float | None:
+    """The model's loss on the prompt: GPT.forward(ids[:-1], targets=ids[1:]) (nats); None for one
+    token. The model's mode is left as it is (call .eval() first for a loss without dropout)."""
+    if len(ids) < 2:
+        return None
+    idx = torch.tensor([list(ids)], dtype=torch.long, device=next(model.parameters()).device)  # (1, T)
+    _, loss = model(idx[:, :-1], idx[:, 1:])
+    return float(loss)
 
 
 @dataclass
-class HeadScores:
-    """(L, H) tensors. entropy (bits), prev_token, first_token: from the prompt's patterns (or, with
-    no prompt, from the repeated sequence); induction: from the repeated random sequence of
-    induction_len tokens x2 (seeded by `seed`, `induction_batch` sequences)."""
-    entropy: torch.Tensor
-    prev_token: torch.Tensor
-    first_token: torch.Tensor
-    induction: torch.Tensor
-    induction_len: int
-    seed: int
+class TrainingExample:
+    """The prompt as one training example: x = ids[:-1], y = ids[1:] (each position's next token).
+    loss: what GPT.forward(x, y) returns; per_position (T-1,): cross-entropy at each position (nats);
+    top_ids/top_probs (T-1, k): each position's predicted distribution; target_prob/target_rank
+    (T-1,): the probability and rank (1 = top) of the true next token."""
 
+    x: list[int]
+    y: list[int]
+    loss: float
+    per_position: torch.Tensor
+    top_ids: torch.Tensor
+    top_probs: torch.Tensor
+    target_prob: torch.Tensor
+    target_rank: torch.Tensor
 
-def _patterns(model: torch.nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
-    rec = Recorder(["blocks.*.attn.hook_pattern"])
-    was_training = model.training
-    model.eval()
-    try:
-        model(idx.to(next(model.parameters()).device), rec=rec)
-    finally:
-        model.train(was_training)
-    return [rec[f"blocks.{i}.attn.hook_pattern"] for i in range(model.config.n_layer)]
-
-
-def _induction(model: torch.nn.Module, induction_len: int | None, induction_batch: int, seed: int
-               ) -> tuple[torch.Tensor, int, list[torch.Tensor]]:
-    cfg = model.config
-    n = min(cfg.block_size // 2, 100) if induction_len is None else induction_len
-    if not 1 <= n <= cfg.block_size // 2:
-        raise ValueError(f"induction_len must be in 1..{cfg.block_size // 2} (two copies fit in block_size)")
-    rep = _patterns(model, repeated_tokens(cfg.vocab_size, n, induction_batch, seed))
-    return torch.stack([induction_score_from_pattern(p, n) for p in rep]), n, rep
+    @property
+    def mean(self) -> float:
+        """The mean of the per-position losses: equals `loss` (up to float rounding)."""
+        return float(self.per_position.mean())
 
 
 @torch.no_grad()
-def induction_scores(model: torch.nn.Module, induction_len: int | None = None, induction_batch: int = 4,
-                     seed: int = 0) -> torch.Tensor:
-    """Induction score (L, H) of every head: one recording pass over
-    repeated_tokens(V, induction_len, induction_batch, seed), scored by induction_score_from_pattern.
-    induction_len defaults to min(block_size // 2, 100)."""
-    return _induction(model, induction_len, induction_batch, seed)[0]
-
-
-@torch.no_grad()
-def head_scores(model: torch.nn.Module, rec: Recorder | None = None, idx: torch.Tensor | None = None,
-                induction_len: int | None = None, induction_batch: int = 4, seed: int = 0) -> HeadScores:
-    """Scores for every layer and head. Prompt scores come from `rec` (which must hold
-    blocks.*.attn.hook_pattern; batch averaged) or, if rec is None, from recording `idx` (B, T);
-    with neither, from the repeated sequence. Induction as `induction_scores` (the same pass)."""
-    cfg = model.config
-    induction, n, rep = _induction(model, induction_len, induction_batch, seed)
-    if rec is not None:
-        prompt = [_get(rec, f"blocks.{i}.attn.hook_pattern", "head_scores") for i in range(cfg.n_layer)]
-    elif idx is not None:
-        prompt = _patterns(model, idx if idx.dim() == 2 else idx.unsqueeze(0))
-    else:
-        prompt = rep
-    per = [head_scores_from_pattern(p) for p in prompt]
-    stack = {key: torch.stack([d[key] for d in per]) for key in ("entropy", "prev_token", "first_token")}
-    return HeadScores(induction=induction, induction_len=n, seed=seed, **stack)
-
-
-def head_table(scores: HeadScores) -> list[dict]:
-    """One row per head: {"layer", "head", "entropy", "prev_token", "first_token", "induction"} (floats)."""
-    L, H = scores.entropy.shape
-    return [{"layer": l, "head": h, "entropy": float(scores.entropy[l, h]),
-             "prev_token": float(scores.prev_token[l, h]), "first_token": float(scores.first_token[l, h]),
-             "induction": float(scores.induction[l, h])} for l in range(L) for h in range(H)]
+def training_example(model: torch.nn.Module, ids: Sequence[int], k: int = 5) -> TrainingExample:
+    """One forward(x, y) of the prompt (needs >= 2 tokens) and its per-position losses
+    (per_position_loss of the same logits, so their mean is the forward's loss). Tensors come back
+    on the CPU."""
+    if len(ids) < 2:
+        raise ValueError("training needs at least 2 tokens: an input and the next token to predict")
+    dev = next(model.parameters()).device
+    x = torch.tensor([list(ids[:-1])], dtype=torch.long, device=dev)  # (1, T-1)
+    y = torch.tensor([list(ids[1:])], dtype=torch.long, device=dev)  # (1, T-1) shifted by one
+    logits, loss = model(x, y)  # logits (1, T-1, V)
+    per = per_position_loss(logits[0], y[0]).cpu()  # (T-1,)
+    probs = sampling_distribution(logits[0].cpu(), 1.0)  # (T-1, V) plain softmax
+    top_p, top_i = torch.topk(probs, min(k, probs.size(-1)), dim=-1)  # (T-1, k) each
+    p, rank = target_prob_rank(probs, y[0].cpu())  # (T-1,) each
+    return TrainingExample(x[0].tolist(), y[0].tolist(), float(loss), per, top_i, top_p, p, rank)
 
 
 # -- embeddings ------------------------------------------------------------------------------------

@@ -163,9 +163,48 @@ def _is_ours(folder: Path) -> bool:
         return False
 
 
+# -- the run-folder layout: the one place that names a run's checkpoint folders ----------------------
+LATEST, BEST, SNAPSHOTS = "latest", "best", "snapshots"
+
+
+def latest_dir(run_dir: str | os.PathLike) -> Path:
+    """<run>/latest: the last saved state, with optimizer state (what --resume continues)."""
+    return Path(run_dir) / LATEST
+
+
+def best_dir(run_dir: str | os.PathLike) -> Path:
+    """<run>/best: the state with the lowest val loss so far."""
+    return Path(run_dir) / BEST
+
+
+def snapshot_dir(run_dir: str | os.PathLike, it: int) -> Path:
+    """<run>/snapshots/iter_NNNNNNN: the snapshot kept at iteration `it` (for the Timeline page)."""
+    return Path(run_dir) / SNAPSHOTS / f"iter_{int(it):07d}"
+
+
+def has_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is a complete native checkpoint (config.json says nanolens, weights there)."""
+    return _is_native(Path(folder))
+
+
+def run_of(ref: str | os.PathLike | None) -> Path | None:
+    """The run folder a checkpoint ref belongs to: the ref itself when it is a run, its parent for
+    <run>/latest and <run>/best, its grandparent for <run>/snapshots/iter_N. None otherwise."""
+    if not ref:
+        return None
+    p = Path(ref).expanduser()
+    if p.parent.name == SNAPSHOTS and SNAPSHOT_RE.fullmatch(p.name):
+        cand = p.parent.parent
+    elif p.name in (LATEST, BEST):
+        cand = p.parent
+    else:
+        cand = p
+    return cand if cand.is_dir() and _is_run(cand) and not _is_native(cand) else None
+
+
 def _is_run(folder: Path) -> bool:
     """A run folder: checkpoint subfolders, or (before the first save) a run config.json."""
-    if any((folder / d).is_dir() for d in ("latest", "best", "snapshots")):
+    if any((folder / d).is_dir() for d in (LATEST, BEST, SNAPSHOTS)):
         return True
     try:
         return "train" in _read_json(folder / CONFIG) and not _is_native(folder)
@@ -175,7 +214,7 @@ def _is_run(folder: Path) -> bool:
 
 def list_snapshots(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """[(iter, folder)] of the complete snapshots/iter_* checkpoints of a run, sorted by iter."""
-    snap = Path(run_dir) / "snapshots"
+    snap = Path(run_dir) / SNAPSHOTS
     if not snap.is_dir():
         return []
     out = []
@@ -210,7 +249,7 @@ def resolve_checkpoint(path: str | os.PathLike, which: str | int = "latest") -> 
                               f"available: {[it for it, _ in snaps] or 'none'}")
     if which not in ("latest", "best"):
         raise CheckpointError(f"which must be 'latest', 'best' or an iteration number, got {which!r}")
-    order = [p / "latest", p / "best"] if which == "latest" else [p / "best"]
+    order = [latest_dir(p), best_dir(p)] if which == "latest" else [best_dir(p)]
     for c in order:
         if _is_native(c):
             return c

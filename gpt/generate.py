@@ -20,6 +20,10 @@ forwards the rest (normally the one token chosen by the previous step), takes th
 logits, and draws. So `back()` costs nothing until the next step, `ids` may even be reassigned
 (e.g. to restore a sequence), and the attention row a Step reports is the one of the last context
 token, the query whose output predicted the new token.
+
+An edit (gpt.edit.Edits) is passed to every forward, cached steps and rebuilds alike, so edited
+generation with the cache equals edited full recompute. Its `pos` are model positions: after the
+window slid, the token at sequence index j sits at position j - ctx_start.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.nn import functional as F
 
+from gpt.edit import Edits
 from gpt.kv_cache import KVCache
 from gpt.record import Recorder
 
@@ -115,11 +120,12 @@ class Generator:
 
     The model runs in eval mode and without gradients during each step (its mode is restored).
     `seed` seeds a CPU torch.Generator; None draws from torch's global RNG. `reset()` re-seeds.
+    `edit` (an Edits) is applied in every forward; the recorded attention is then the edited one.
     """
 
     def __init__(self, model: torch.nn.Module, ids: Sequence[int], temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 record: bool = False) -> None:
+                 record: bool = False, edit: Edits | None = None) -> None:
         _check_params(temperature, top_k, top_p)
         self.model = model
         self.vocab_size: int = model.config.vocab_size
@@ -130,6 +136,7 @@ class Generator:
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.seed = seed
         self.record = record
+        self.edit = edit
         self.device = next(model.parameters()).device
         self.cache = KVCache.for_model(model, batch_size=1)
         self.rng: torch.Generator | None = None
@@ -178,7 +185,7 @@ class Generator:
         was_training = self.model.training
         self.model.eval()
         try:
-            logits, _ = self.model(idx, rec=rec, kv_cache=self.cache)  # (1, T_new, V)
+            logits, _ = self.model(idx, rec=rec, edit=self.edit, kv_cache=self.cache)  # (1, T_new, V)
         finally:
             self.model.train(was_training)
         self._cached = list(ctx)
@@ -209,7 +216,7 @@ class Generator:
 def stream(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int, k: int = 10,
            **kw) -> Iterator[Step]:
     """Yield `max_new_tokens` Steps of Generator(model, ids, **kw) (temperature, top_k, top_p,
-    seed, record)."""
+    seed, record, edit)."""
     gen = Generator(model, ids, **kw)
     for _ in range(max_new_tokens):
         yield gen.step(k=k)
@@ -218,11 +225,12 @@ def stream(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int, k: i
 @torch.no_grad()
 def generate(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             use_cache: bool = True) -> list[int]:
+             use_cache: bool = True, edit: Edits | None = None) -> list[int]:
     """Prompt + `max_new_tokens` generated ids. use_cache=False is nanoGPT's full recompute (crop to
-    the last block_size tokens, forward, last logits); both draw through `sample` with the same seed."""
+    the last block_size tokens, forward, last logits); both draw through `sample` with the same seed.
+    `edit` is applied in every forward of either."""
     if use_cache:
-        gen = Generator(model, ids, temperature, top_k, top_p, seed)
+        gen = Generator(model, ids, temperature, top_k, top_p, seed, edit=edit)
         for _ in range(max_new_tokens):
             gen.step(k=1)
         return gen.ids
@@ -238,8 +246,18 @@ def generate(model: torch.nn.Module, ids: Sequence[int], max_new_tokens: int, te
     try:
         for _ in range(max_new_tokens):
             idx = torch.tensor([out[-block:]], dtype=torch.long, device=device)  # (1, T <= block_size)
-            logits, _ = model(idx)  # (1, 1, V)
+            logits, _ = model(idx, edit=edit)  # (1, 1, V), or (1, T, V) under an edit
             out.append(sample(logits[0, -1], temperature, top_k, top_p, generator=rng))
     finally:
         model.train(was_training)
     return out
+
+
+def greedy_continuation(model: torch.nn.Module, ids: Sequence[int], n: int) -> list[int]:
+    """The `n` tokens greedy decoding (temperature 0) appends to `ids`, conditioned on the last
+    block_size - n of them (at least one): then prompt and sample fit one context window and every
+    step is one KV-cached position (past block_size each step would re-encode the whole window,
+    ~10x slower). A model whose block_size <= n sees only the last token of `ids`."""
+    keep = max(1, model.config.block_size - n)
+    ctx = list(ids)[-keep:]
+    return generate(model, ctx, n, temperature=0.0)[len(ctx):]

@@ -1,12 +1,20 @@
-"""The GPT: nanoGPT's architecture and state-dict keys, with optional activation recording.
+"""The GPT: nanoGPT's architecture and state-dict keys, with optional activation recording and editing.
 
-forward(idx, targets=None, rec=None, kv_cache=None):
-- rec=None and kv_cache=None is nanoGPT's forward, with no extra work: fused attention
-  (F.scaled_dot_product_attention) and, without targets, logits for the last position only;
-- rec (a gpt.record.Recorder) receives the activations it asked for, under TransformerLens names.
-  Attention internals (scores, pattern, z, per-head result) need the manual attention path, which
-  is taken only for layers where one of those is wanted;
-- kv_cache (a gpt.kv_cache.KVCache) makes a chunk of new tokens attend to everything cached.
+forward(idx, targets=None, rec=None, edit=None, kv_cache=None):
+- rec=None, edit=None (or an empty Edits) and kv_cache=None is nanoGPT's forward, with no extra
+  work: fused attention (F.scaled_dot_product_attention) and, without targets, logits for the last
+  position only;
+- rec (a gpt.record.Recorder) receives the activations it asked for, under TransformerLens names;
+- edit (a gpt.edit.Edits) replaces activations under the same names, at the same points, before
+  rec sees them: rec records the edited values and the edited value is what flows on. Every
+  recordable name is editable. An edited ln*.hook_normalized is then scaled and shifted by that
+  LayerNorm's weight and bias; an edited attn.hook_result (B, T, nh, C) replaces the attention
+  output by its sum over heads plus c_proj's bias. Hooks run in TransformerLens order
+  (blocks.i.hook_resid_post before blocks.i+1.hook_resid_pre);
+- attention scores and pattern need the manual attention path, which is taken only for layers
+  where one of them is recorded or edited; q/k/v, z and result come from the fused path too;
+- kv_cache (a gpt.kv_cache.KVCache) makes a chunk of new tokens attend to everything cached; keys
+  and values are cached after their edit, so a cached step sees what full recompute sees.
 """
 from __future__ import annotations
 
@@ -19,13 +27,14 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from gpt.config import GPTConfig
+from gpt.edit import Edits, hook, wants
 from gpt.kv_cache import KVCache
 
 if TYPE_CHECKING:
     from gpt.record import Recorder
 
 LN_EPS = 1e-5  # nanoGPT's and GPT-2's LayerNorm epsilon
-ATTN_INTERNALS = ("attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result")
+ATTN_INTERNALS = ("attn.hook_attn_scores", "attn.hook_pattern")  # only the manual path computes these
 
 
 class LayerNorm(nn.Module):
@@ -38,6 +47,16 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LN_EPS)
+
+    def hooked(self, x: torch.Tensor, rec: "Recorder | None", edit: Edits | None, name: str) -> torch.Tensor:
+        """self(x), handing over `name` (hook_normalized: x normalized, before weight and bias).
+        When it is edited, the edited value gets this LayerNorm's weight and bias, as x would have."""
+        if edit is not None and edit.wants(name):
+            n = hook(rec, edit, name, _normalized(x))
+            return n * self.weight + self.bias if self.bias is not None else n * self.weight
+        if rec is not None and rec.wants(name):
+            rec.save(name, _normalized(x))
+        return self(x)
 
 
 def _mask(Tq: int, Tk: int, device: torch.device) -> torch.Tensor:
@@ -59,24 +78,22 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor, rec: "Recorder | None" = None, prefix: str = "",
-                kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+                kv_cache: KVCache | None = None, layer: int = 0, edit: Edits | None = None) -> torch.Tensor:
         B, T, C = x.size()
         nh, hs = self.n_head, C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if rec is not None:
-            # TransformerLens keeps heads after positions: (B, T, nh, hs)
-            for name, t in (("attn.hook_q", q), ("attn.hook_k", k), ("attn.hook_v", v)):
-                if rec.wants(prefix + name):
-                    rec.save(prefix + name, t.transpose(1, 2))
+        hooked = rec is not None or edit is not None
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # each (B, T, C)
+        q, k, v = q.view(B, T, nh, hs), k.view(B, T, nh, hs), v.view(B, T, nh, hs)  # (B, T, nh, hs)
+        if hooked:  # TransformerLens keeps heads after positions: hand over (B, T, nh, hs)
+            q = hook(rec, edit, prefix + "attn.hook_q", q)
+            k = hook(rec, edit, prefix + "attn.hook_k", k)
+            v = hook(rec, edit, prefix + "attn.hook_v", v)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, nh, Tk, hs), Tk = cached + T
         Tk = k.size(2)
 
-        manual = rec is not None and any(rec.wants(prefix + n) for n in ATTN_INTERNALS)
-        if not manual:
+        if not (hooked and any(wants(rec, edit, prefix + n) for n in ATTN_INTERNALS)):
             if Tk == T:  # no cache, or an empty one: plain causal attention
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
                                                    is_causal=True)
@@ -87,22 +104,28 @@ class CausalSelfAttention(nn.Module):
             # scale q before the product: T*hs multiplies instead of T*Tk, and mask in place
             att = (q * (1.0 / math.sqrt(hs))) @ k.transpose(-2, -1)  # (B, nh, T, Tk)
             att.masked_fill_(~_mask(T, Tk, x.device), float("-inf"))
-            if rec.wants(prefix + "attn.hook_attn_scores"):
-                rec.save(prefix + "attn.hook_attn_scores", att)
-            att = F.softmax(att, dim=-1)
-            if rec.wants(prefix + "attn.hook_pattern"):
-                rec.save(prefix + "attn.hook_pattern", att)
+            att = hook(rec, edit, prefix + "attn.hook_attn_scores", att)  # (B, nh, T, Tk)
+            att = hook(rec, edit, prefix + "attn.hook_pattern", F.softmax(att, dim=-1))
             y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous()  # (B, T, nh, hs)
-        if rec is not None:
-            if rec.wants(prefix + "attn.hook_z"):
-                rec.save(prefix + "attn.hook_z", y)
-            if rec.wants(prefix + "attn.hook_result"):
-                # each head's write into the residual stream: z_h @ W_O[h]^T, without the bias
-                W_O = self.c_proj.weight.view(C, nh, hs)  # (C_out, nh, hs)
-                rec.save(prefix + "attn.hook_result", torch.einsum("bthd,chd->bthc", y, W_O))  # (B, T, nh, C)
-        y = y.view(B, T, C)  # re-assemble all head outputs side by side
+        if hooked:
+            y = hook(rec, edit, prefix + "attn.hook_z", y)
+            name = prefix + "attn.hook_result"
+            if edit is not None and edit.wants(name):
+                # c_proj(z) is the sum of the heads' writes plus the bias: edit the writes, then sum
+                result = hook(rec, edit, name, self._result(y))  # (B, T, nh, C)
+                out = result.sum(dim=2)  # (B, T, C)
+                return self.resid_dropout(out + self.c_proj.bias if self.c_proj.bias is not None else out)
+            if rec is not None and rec.wants(name):
+                rec.save(name, self._result(y))
+        y = y.reshape(B, T, C)  # re-assemble all head outputs side by side (a view unless an edit made z strided)
         return self.resid_dropout(self.c_proj(y))
+
+    def _result(self, z: torch.Tensor) -> torch.Tensor:
+        """Each head's write into the residual stream, z_h @ W_O[h]^T without the bias: (B, T, nh, C)."""
+        B, T, nh, hs = z.size()
+        W_O = self.c_proj.weight.view(self.n_embd, nh, hs)  # (C_out, nh, hs)
+        return torch.einsum("bthd,chd->bthc", z, W_O)  # (B, T, nh, C)
 
 
 class MLP(nn.Module):
@@ -114,14 +137,13 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rec: "Recorder | None" = None, prefix: str = "") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rec: "Recorder | None" = None, prefix: str = "",
+                edit: Edits | None = None) -> torch.Tensor:
         pre = self.c_fc(x)  # (B, T, 4C)
-        post = self.gelu(pre)
-        if rec is not None:
-            if rec.wants(prefix + "mlp.hook_pre"):
-                rec.save(prefix + "mlp.hook_pre", pre)
-            if rec.wants(prefix + "mlp.hook_post"):
-                rec.save(prefix + "mlp.hook_post", post)
+        if rec is None and edit is None:
+            return self.dropout(self.c_proj(self.gelu(pre)))
+        pre = hook(rec, edit, prefix + "mlp.hook_pre", pre)
+        post = hook(rec, edit, prefix + "mlp.hook_post", self.gelu(pre))  # (B, T, 4C)
         return self.dropout(self.c_proj(post))
 
 
@@ -140,30 +162,19 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rec: "Recorder | None" = None, layer: int = 0,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
-        if rec is None:  # the fast path: nanoGPT's two lines
+                kv_cache: KVCache | None = None, edit: Edits | None = None) -> torch.Tensor:
+        if rec is None and edit is None:  # the fast path: nanoGPT's two lines
             x = x + self.attn(self.ln_1(x), kv_cache=kv_cache, layer=layer)
             return x + self.mlp(self.ln_2(x))
         p = f"blocks.{layer}."
-        _save(rec, p + "hook_resid_pre", x)
-        if rec.wants(p + "ln1.hook_normalized"):
-            rec.save(p + "ln1.hook_normalized", _normalized(x))
-        attn_out = self.attn(self.ln_1(x), rec=rec, prefix=p, kv_cache=kv_cache, layer=layer)
-        _save(rec, p + "hook_attn_out", attn_out)
-        x = x + attn_out
-        _save(rec, p + "hook_resid_mid", x)
-        if rec.wants(p + "ln2.hook_normalized"):
-            rec.save(p + "ln2.hook_normalized", _normalized(x))
-        mlp_out = self.mlp(self.ln_2(x), rec=rec, prefix=p)
-        _save(rec, p + "hook_mlp_out", mlp_out)
-        x = x + mlp_out
-        _save(rec, p + "hook_resid_post", x)
-        return x
-
-
-def _save(rec: "Recorder", name: str, t: torch.Tensor) -> None:
-    if rec.wants(name):
-        rec.save(name, t)
+        x = hook(rec, edit, p + "hook_resid_pre", x)
+        h = self.ln_1.hooked(x, rec, edit, p + "ln1.hook_normalized")
+        attn_out = self.attn(h, rec=rec, prefix=p, kv_cache=kv_cache, layer=layer, edit=edit)
+        attn_out = hook(rec, edit, p + "hook_attn_out", attn_out)
+        x = hook(rec, edit, p + "hook_resid_mid", x + attn_out)
+        h = self.ln_2.hooked(x, rec, edit, p + "ln2.hook_normalized")
+        mlp_out = hook(rec, edit, p + "hook_mlp_out", self.mlp(h, rec=rec, prefix=p, edit=edit))
+        return hook(rec, edit, p + "hook_resid_post", x + mlp_out)
 
 
 class GPT(nn.Module):
@@ -204,12 +215,13 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                rec: "Recorder | None" = None, kv_cache: KVCache | None = None
+                rec: "Recorder | None" = None, edit: Edits | None = None, kv_cache: KVCache | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits, loss).
 
-        logits are (B, T, V) when targets, rec or kv_cache is given, else (B, 1, V) for the last
-        position only. loss is the mean cross-entropy against targets (-1 ignored), or None.
+        logits are (B, T, V) when targets, rec, a non-empty edit or kv_cache is given, else (B, 1, V)
+        for the last position only. loss is the mean cross-entropy of the (edited) logits against
+        targets (-1 ignored), or None.
         """
         device = idx.device
         B, T = idx.size()
@@ -219,28 +231,36 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, dtype=torch.long, device=device)  # (T,)
         tok_emb = self.transformer.wte(idx)  # (B, T, C)
         pos_emb = self.transformer.wpe(pos)  # (T, C)
+        if not edit:  # None, or an Edits with nothing in it: the fast path
+            edit = None
+        hooked = rec is not None or edit is not None
+        if edit is not None:
+            edit.begin(self.config, start, T)  # resolves its names first: an unknown one raises here
         if rec is not None:
-            rec.begin(self.config, cached=start > 0)
-            _save(rec, "hook_embed", tok_emb)
-            _save(rec, "hook_pos_embed", pos_emb.expand(B, -1, -1))
+            edited = frozenset(edit.edited_names(self.config)) if edit is not None else frozenset()
+            rec.begin(self.config, cached=start > 0, edited=edited)
+        if hooked:
+            tok_emb = hook(rec, edit, "hook_embed", tok_emb)
+            pos_emb = hook(rec, edit, "hook_pos_embed", pos_emb.expand(B, -1, -1))  # (B, T, C)
         x = self.transformer.drop(tok_emb + pos_emb)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, rec=rec, layer=i, kv_cache=kv_cache)
+            x = block(x, rec=rec, layer=i, kv_cache=kv_cache, edit=edit)
         if kv_cache is not None:
             kv_cache.advance(T)
-        if rec is not None and rec.wants("ln_final.hook_normalized"):
-            rec.save("ln_final.hook_normalized", _normalized(x))
-        x = self.transformer.ln_f(x)
+        if hooked:
+            x = self.transformer.ln_f.hooked(x, rec, edit, "ln_final.hook_normalized")
+        else:
+            x = self.transformer.ln_f(x)
 
-        if targets is not None:
+        if targets is not None or hooked or kv_cache is not None:
             logits = self.lm_head(x)  # (B, T, V)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        elif rec is not None or kv_cache is not None:
-            logits, loss = self.lm_head(x), None
         else:  # inference: only the last position is needed (a list index keeps the time dim)
-            logits, loss = self.lm_head(x[:, [-1], :]), None
-        if rec is not None and rec.wants("logits"):
-            rec.save("logits", logits)
+            logits = self.lm_head(x[:, [-1], :])  # (B, 1, V)
+        if hooked:
+            logits = hook(rec, edit, "logits", logits)
+        loss = None
+        if targets is not None:  # (B*T, V) against (B*T,); reshape: an edit may hand back strided logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
     def crop_block_size(self, block_size: int) -> None:

@@ -15,6 +15,10 @@ access, exactly as the model computed it:
     mlp.hook_post   = GELU(mlp.hook_pre)
 With dtype=torch.float16 this keeps a full GPT-2-small trace at T=1024 under 0.5 GiB
 (bench/bench_record.py). compact=False keeps every tensor exactly as computed, for tests.
+
+Under an edit (gpt.edit.Edits, `model(idx, rec=rec, edit=e)`) the recorder stores the edited values,
+as the model carries them on. Then an edited name is stored, never derived, and resid_post[i] is
+not derived from an edited resid_pre[i+1]; see `_plan`.
 """
 from __future__ import annotations
 
@@ -62,6 +66,7 @@ class Recorder:
         self._derive: dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor]]] = {}
         self._packed: dict[str, tuple[int, int]] = {}  # name -> (Tq, Tk) for triangle-packed scores
         self._config: GPTConfig | None = None
+        self._edited: frozenset[str] = frozenset()
 
     # -- planning ----------------------------------------------------------------------------------
     @staticmethod
@@ -70,8 +75,9 @@ class Recorder:
         return _all_names(config.n_layer)
 
     @staticmethod
-    def resolve(config: GPTConfig, patterns: list[str] | None) -> list[str]:
-        """Expand names and globs into concrete names, in model order. Unknown names are an error."""
+    def resolve(config: GPTConfig, patterns: list[str] | None, what: str = "recorder") -> list[str]:
+        """Expand names and globs into concrete names, in model order. Unknown names are an error
+        (`what` names the caller in its message: "recorder", "edit")."""
         every = _all_names(config.n_layer)
         if patterns is None:
             return [n for n in every if not n.endswith(OPT_IN)]
@@ -82,15 +88,25 @@ class Recorder:
                 hits = [n for n in hits if not n.endswith(OPT_IN)]
             if not hits:
                 close = sorted({n.split(".", 2)[-1] for n in every})
-                raise ValueError(f"recorder name {p!r} matches nothing for a {config.n_layer}-layer model; "
+                raise ValueError(f"{what} name {p!r} matches nothing for a {config.n_layer}-layer model; "
                                  f"names look like 'blocks.0.attn.hook_pattern'; sites: {close}")
             out.update(hits)
         return [n for n in every if n in out]
 
     @staticmethod
-    def _plan(config: GPTConfig, requested: list[str], compact: bool, cached: bool
+    def _plan(config: GPTConfig, requested: list[str], compact: bool, cached: bool,
+              edited: frozenset[str] = frozenset()
               ) -> tuple[set[str], dict[str, tuple[tuple[str, ...], Callable[..., torch.Tensor]]]]:
-        """Which names the model must hand over, and how the others are rebuilt from them."""
+        """Which names the model must hand over, and how the others are rebuilt from them.
+
+        `edited`: the names an edit changes in this forward. Every rule rebuilds a name from the
+        values the model itself consumed to compute it, and the model hands sources over after their
+        edit, so a rule stays exact under any edit of its sources (resid_mid = the edited resid_pre
+        plus the edited attn_out is what the model adds; LN, softmax, pattern @ v and GELU likewise
+        run on edited inputs). It breaks only where the name itself is edited after the computation
+        the rule repeats: so an edited name is never derived. resid_post[i] = resid_pre[i+1] is the
+        one rule that reads a *later* hook: an edit of resid_pre[i+1] changes its stored value but
+        not resid_post[i], so that rule goes too."""
         if not compact:
             return set(requested), {}
         L = config.n_layer
@@ -112,6 +128,11 @@ class Recorder:
             rules[p + "mlp.hook_post"] = ((p + "mlp.hook_pre",),
                                           lambda x, act=act: F.gelu(x.float(), approximate=act))
         rules["ln_final.hook_normalized"] = ((f"blocks.{L - 1}.hook_resid_post",), _ln)
+        for i in range(L - 1):
+            if f"blocks.{i + 1}.hook_resid_pre" in edited:
+                rules.pop(f"blocks.{i}.hook_resid_post", None)
+        for n in edited:
+            rules.pop(n, None)
         needed: set[str] = set()
 
         def need(name: str) -> None:
@@ -144,20 +165,23 @@ class Recorder:
         return total * batch * torch.empty((), dtype=dtype).element_size()
 
     # -- the model's side --------------------------------------------------------------------------
-    def begin(self, config: GPTConfig, cached: bool = False) -> None:
-        """Called by GPT.forward before anything is saved; forgets the previous forward."""
+    def begin(self, config: GPTConfig, cached: bool = False, edited: frozenset[str] = frozenset()) -> None:
+        """Called by GPT.forward before anything is saved; forgets the previous forward. `edited`:
+        the concrete names an edit changes in this forward (stored as handed over, never derived)."""
         self._config = config
+        self._edited = frozenset(edited)
         self._store.clear()
         self._packed.clear()
         self._requested = self.resolve(config, self.patterns)
-        self._needed, self._derive = self._plan(config, self._requested, self.compact, cached)
+        self._needed, self._derive = self._plan(config, self._requested, self.compact, cached, self._edited)
 
     def wants(self, name: str) -> bool:
         return name in self._needed
 
     def save(self, name: str, t: torch.Tensor) -> None:
         t = t.detach()
-        if self.compact and name.endswith("attn.hook_attn_scores"):
+        # edited scores may hold anything above the diagonal (an edit can unmask): keep them whole
+        if self.compact and name.endswith("attn.hook_attn_scores") and name not in self._edited:
             B, H, Tq, Tk = t.shape
             if Tq == Tk:  # keep only the causal lower triangle; the rest is -inf by definition
                 rows, cols = torch.tril_indices(Tq, Tk, device=t.device)

@@ -148,77 +148,54 @@ def test_per_position_loss_mean_is_forward_loss(run) -> None:
     torch.testing.assert_close(per[0, 5:].mean(), loss)
 
 
-def causal(scores: torch.Tensor) -> torch.Tensor:
-    """A pattern from arbitrary scores (H, T, T): causal softmax."""
-    T = scores.size(-1)
-    return torch.softmax(scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")), -1)
+def test_target_prob_rank_against_a_per_row_loop() -> None:
+    V = 12
+    probs = torch.softmax(torch.randn(7, V, generator=torch.Generator().manual_seed(0)), -1)  # (7, V)
+    probs[3] = torch.tensor([0.25] * 4 + [0.0] * (V - 4))  # a four-way tie at the top
+    probs[4] = F.one_hot(torch.tensor(5), V).float()  # temperature 0: one-hot
+    probs[5] = probs[4]
+    targets = torch.tensor([0, V - 1, 3, 2, 5, 6, 7])  # rows 4/5: on and off the argmax
+    prob, rank = A.target_prob_rank(probs, targets)
+    assert prob.shape == rank.shape == (7,) and rank.dtype == torch.long
+    for i, t in enumerate(targets.tolist()):
+        want = probs[i, t].item()
+        assert prob[i].item() == want
+        assert rank[i].item() == 1 + sum(1 for v in probs[i].tolist() if v > want), i
+    assert rank[3].item() == 1 and rank[4].item() == 1 and rank[5].item() == 2  # ties share the better rank
 
 
-def test_head_scores_of_hand_built_patterns() -> None:
-    T = 10
-    prev = torch.zeros(T, T)
-    prev[0, 0] = 1
-    prev[torch.arange(1, T), torch.arange(T - 1)] = 1
-    uniform = causal(torch.zeros(T, T))
-    sink = torch.zeros(T, T)
-    sink[:, 0] = 1
-    s = A.head_scores_from_pattern(torch.stack([prev, uniform, sink]))  # (H=3, T, T)
-    torch.testing.assert_close(s["prev_token"], torch.tensor([1.0, sum(1 / (t + 1) for t in range(1, T)) / (T - 1), 1 / (T - 1)]))
-    torch.testing.assert_close(s["first_token"], torch.tensor([1 / (T - 1), s["prev_token"][1].item(), 1.0]))
-    ent_uniform = sum(math.log2(t + 1) for t in range(1, T)) / (T - 1)  # bits
-    torch.testing.assert_close(s["entropy"], torch.tensor([0.0, ent_uniform, 0.0]))
-
-
-def test_induction_score_of_hand_built_patterns() -> None:
-    n = 8
-    ind = torch.zeros(2 * n, 2 * n)
-    ind[:n] = causal(torch.zeros(n, n)).new_zeros(n, 2 * n)
-    ind[:n, :n] = causal(torch.zeros(n, n))
-    for t in range(n, 2 * n):
-        ind[t, t - n + 1] = 1.0  # attend to the token after the previous occurrence
-    prev = torch.zeros(2 * n, 2 * n)
-    prev[0, 0] = 1
-    prev[torch.arange(1, 2 * n), torch.arange(2 * n - 1)] = 1
-    mixed = 0.5 * ind + 0.5 * prev
-    score = A.induction_score_from_pattern(torch.stack([ind, prev, mixed]).unsqueeze(0), n)
-    torch.testing.assert_close(score, torch.tensor([1.0, 0.0, 0.5]))
-    with pytest.raises(ValueError, match="repeated"):
-        A.induction_score_from_pattern(ind, n + 1)
-
-
-def test_head_scores_on_a_model(run) -> None:
+def test_prompt_loss_and_forward_loss_are_the_models_loss(run) -> None:
     model, idx, rec, _ = run
-    L, H = model.config.n_layer, model.config.n_head
-    scores = A.head_scores(model, rec, seed=0)
-    assert scores.induction_len == model.config.block_size // 2
-    for t in (scores.entropy, scores.prev_token, scores.first_token, scores.induction):
-        assert t.shape == (L, H)
-    assert torch.all(scores.entropy >= 0) and torch.all(scores.entropy <= math.log2(idx.size(1)) + 1e-5)
-    for t in (scores.prev_token, scores.first_token, scores.induction):
-        assert torch.all((t >= 0) & (t <= 1))
-    # recording idx inside gives the same; the seed fixes the induction sequence
-    again = A.head_scores(model, idx=idx, seed=0)
-    torch.testing.assert_close(again.prev_token, scores.prev_token)
-    torch.testing.assert_close(again.induction, scores.induction)
-    # induction, independently: record the repeated sequence and read the stripe by hand
-    n = scores.induction_len
-    rep = A.repeated_tokens(model.config.vocab_size, n, batch=4, seed=0)
-    assert torch.equal(rep[:, :n], rep[:, n:])
-    r = Recorder(["blocks.*.attn.hook_pattern"])
+    ids = idx[0].tolist()
     with torch.no_grad():
-        model(rep, rec=r)
-    for layer in range(L):
-        pat = r[f"blocks.{layer}.attn.hook_pattern"]  # (4, H, 2n, 2n)
-        manual = torch.stack([pat[:, :, t, t - n + 1] for t in range(n, 2 * n)]).mean((0, 1))
-        torch.testing.assert_close(scores.induction[layer], manual)
-    torch.testing.assert_close(A.induction_scores(model, seed=0), scores.induction)
-    assert not torch.allclose(A.induction_scores(model, seed=1), scores.induction)
-    with pytest.raises(ValueError, match="induction_len"):
-        A.induction_scores(model, induction_len=model.config.block_size)
-    rows = A.head_table(scores)
-    assert len(rows) == L * H and set(rows[0]) == {"layer", "head", "entropy", "prev_token", "first_token", "induction"}
-    assert rows[H + 1]["layer"] == 1 and rows[H + 1]["head"] == 1
-    assert rows[H + 1]["induction"] == pytest.approx(float(scores.induction[1, 1]))
+        _, want = model(torch.tensor([ids[:-1]]), torch.tensor([ids[1:]]))
+    assert A.prompt_loss(rec["logits"], ids) == pytest.approx(want.item(), rel=1e-5)
+    assert A.prompt_loss(rec["logits"][0], ids) == pytest.approx(want.item(), rel=1e-5)  # (T, V) as well
+    assert A.forward_loss(model, ids) == pytest.approx(want.item(), rel=1e-6)
+    assert A.forward_loss(model, ids[:1]) is None
+    assert A.prompt_loss(rec["logits"][:, :1], ids[:1]) is None
+
+
+def test_training_example_losses_average_to_the_forward_loss(run) -> None:
+    model, idx, _, _ = run
+    T = 11
+    ids = idx[0, :T].tolist()
+    tv = A.training_example(model, ids)
+    assert tv.x == ids[:-1] and tv.y == ids[1:]  # targets are the input shifted by one
+    assert tv.per_position.shape == (T - 1,)
+    assert tv.mean == pytest.approx(tv.loss, abs=1e-5)
+    # each position's loss is -ln p(target) under the model's own full-sequence logits
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids]), rec=Recorder(["logits"]))  # (1, T, V)
+    logp = F.log_softmax(logits[0, :-1], dim=-1)  # (T-1, V); causal: positions < T-1 see the same
+    torch.testing.assert_close(tv.per_position, -logp[torch.arange(T - 1), torch.tensor(ids[1:])])
+    assert torch.all(tv.target_rank >= 1) and torch.all(tv.top_probs[:, :-1] >= tv.top_probs[:, 1:])
+    # the target's probability and rank are target_prob_rank of the same distribution
+    p, rank = A.target_prob_rank(logp.exp(), torch.tensor(ids[1:]))
+    torch.testing.assert_close(tv.target_prob, p)
+    assert torch.equal(tv.target_rank, rank)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        A.training_example(model, ids[:1])
 
 
 def test_embedding_pca() -> None:

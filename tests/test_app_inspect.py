@@ -11,6 +11,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from app.views import generate as vg
+from app import generation as ag
 from gpt.generate import Generator
 from gpt.config import GPTConfig
 from gpt.model import GPT
@@ -163,41 +164,41 @@ def model() -> GPT:
 
 
 def test_settings_map_neutral_values_to_off() -> None:
-    kw = vg.Settings(temperature=0.7, top_k=0, top_p=1.0, seed=3).generator_kwargs()
+    kw = ag.Settings(temperature=0.7, top_k=0, top_p=1.0, seed=3).generator_kwargs()
     assert kw == {"temperature": 0.7, "top_k": None, "top_p": None, "seed": 3}
-    assert vg.Settings(top_k=5, top_p=0.9).generator_kwargs()["top_k"] == 5
+    assert ag.Settings(top_k=5, top_p=0.9).generator_kwargs()["top_k"] == 5
 
 
 def test_sync_generator_keeps_or_resets_the_sequence(model: GPT) -> None:
-    greedy = vg.Settings(temperature=0.0)
-    gen, st = vg.sync_generator(None, vg.GenState.from_dict({}), model, "m", [1, 2, 3], greedy)
+    greedy = ag.Settings(temperature=0.0)
+    gen, st = ag.sync_generator(None, ag.GenState.from_dict({}), model, "m", [1, 2, 3], greedy)
     for _ in range(4):
-        vg.record_step(st, gen.step(), 1.0)
+        ag.record_step(st, gen.step(), 1.0)
     assert st.n_new == 4 and gen.ids == st.ids
     # a rerun: the same objects come back
-    same, st2 = vg.sync_generator(gen, vg.GenState.from_dict(st.to_dict()), model, "m", [1, 2, 3], greedy)
+    same, st2 = ag.sync_generator(gen, ag.GenState.from_dict(st.to_dict()), model, "m", [1, 2, 3], greedy)
     assert same is gen and st2.ids == st.ids and len(st2.steps) == 4
     # the Generator is lost: rebuilt from the ids, and greedy generation continues the same way
-    lost, st3 = vg.sync_generator(None, vg.GenState.from_dict(st.to_dict()), model, "m", [1, 2, 3], greedy)
+    lost, st3 = ag.sync_generator(None, ag.GenState.from_dict(st.to_dict()), model, "m", [1, 2, 3], greedy)
     assert lost is not gen and lost.ids == st.ids
     assert lost.step().token == gen.step().token
     # other settings keep the tokens; another prompt or model starts over
-    _, st4 = vg.sync_generator(gen, st2, model, "m", [1, 2, 3], vg.Settings(temperature=0.5))
+    _, st4 = ag.sync_generator(gen, st2, model, "m", [1, 2, 3], ag.Settings(temperature=0.5))
     assert st4.ids == st2.ids and st4.settings.temperature == 0.5
-    _, st5 = vg.sync_generator(gen, st4, model, "m", [1, 2], greedy)
+    _, st5 = ag.sync_generator(gen, st4, model, "m", [1, 2], greedy)
     assert st5.ids == [1, 2] and st5.steps == []
-    _, st6 = vg.sync_generator(gen, st2, model, "other", [1, 2, 3], greedy)
+    _, st6 = ag.sync_generator(gen, st2, model, "other", [1, 2, 3], greedy)
     assert st6.ids == [1, 2, 3]
 
 
 def test_record_step_keeps_only_what_the_page_shows(model: GPT) -> None:
     gen = Generator(model, [1, 2], temperature=1.0, seed=0, record=True)
-    st = vg.GenState(ref="m", prompt=(1, 2), ids=[1, 2])
-    for _ in range(vg.KEEP_ATTENTION + 3):
-        vg.record_step(st, gen.step(k=3), 1.0)
+    st = ag.GenState(ref="m", prompt=(1, 2), ids=[1, 2])
+    for _ in range(ag.KEEP_ATTENTION + 3):
+        ag.record_step(st, gen.step(k=3), 1.0)
     assert all(s.logits.numel() == 0 for s in st.steps)
     kept = [s.attention is not None for s in st.steps]
-    assert kept == [False] * 3 + [True] * vg.KEEP_ATTENTION
+    assert kept == [False] * 3 + [True] * ag.KEEP_ATTENTION
     assert st.ids == gen.ids
 
 

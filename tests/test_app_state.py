@@ -1,5 +1,6 @@
-"""app/state.py, app/resources.py and the pure views they use (prompt, model card), without a
-running app: defaults, model discovery, labels, prompt checks, the trace cache and uploads."""
+"""app/state.py, app/resources.py, app/uploads.py and the pure views they use (prompt, model card),
+without a running app: defaults, prompt checks, the model and trace caches and uploads. What can be
+inspected (discovery, labels) is tests/test_catalog.py."""
 from __future__ import annotations
 
 import io
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app import resources, state
+from app import catalog, resources, state, uploads
 from app.views.model_card import card_markdown, model_card
 from app.views.prompt import prompt_ids
 from gpt.checkpoint import CheckpointError, load
@@ -35,39 +36,9 @@ def test_init_state_sets_defaults_and_keeps_values(root: Path) -> None:
     assert ss["prompt"] == "hello" and ss["layer"] == 3
 
 
-def test_no_model_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(tmp_path / "nothing-here"))
-    monkeypatch.setenv("NANOLENS_BUNDLED", "")
-    assert state.bundled_path() is None and state.default_model_ref() is None
-    assert state.model_choices() == []
-    (tmp_path / "nothing-here" / "half-run").mkdir(parents=True)  # a run with no checkpoint yet
-    assert state.default_model_ref() is None
-
-
-def test_bundled_wins_and_is_labelled(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    best = root / "tiny-run" / "best"
-    monkeypatch.setenv("NANOLENS_BUNDLED", str(best))
-    assert state.bundled_path() == best
-    assert state.default_model_ref() == str(best)
-    assert state.describe_ref(best).startswith("bundled")
-    monkeypatch.setenv("NANOLENS_BUNDLED", str(root / "missing"))
-    assert state.bundled_path() is None  # a bundled path without a checkpoint is no model
-
-
 def test_default_prompt_follows_tokenizer() -> None:
     assert state.default_prompt("gpt2") == state.BPE_PROMPT
     assert state.default_prompt("char") == state.CHAR_PROMPT
-
-
-def test_labels_and_choices(root: Path, tiny_checkpoint) -> None:
-    run = root / "tiny-run"
-    assert state.describe_ref(run) == "tiny-run · latest"
-    assert state.describe_ref(run / "best") == "tiny-run · best"
-    assert state.describe_ref(run / "snapshots" / "iter_0000010") == "tiny-run · iter 10"
-    choices = dict(state.model_choices())
-    assert choices[str(run)] == "tiny-run · latest"
-    assert {f"tiny-run · iter {i}" for i in tiny_checkpoint.iters} <= set(choices.values())
-    assert all("iter" not in label for label in dict(state.model_choices(snapshots=False)).values())
 
 
 # -- loading -----------------------------------------------------------------------------------------
@@ -166,14 +137,14 @@ def _zip(files: dict[str, bytes]) -> bytes:
 def test_upload_zip_and_pair_load(root: Path) -> None:
     src = root / "tiny-run" / "best"
     files = {f"best/{p.name}": p.read_bytes() for p in src.iterdir()}
-    path = resources.save_upload([("best.zip", _zip(files))])
-    assert path.name == "best" and resources.uploads_dir() in path.parents
+    path = uploads.save_upload([("best.zip", _zip(files))])
+    assert path.name == "best" and catalog.uploads_dir() in path.parents
     assert resources.load_model(str(path)).meta["iter"] == load(src)[2]["iter"]
-    assert state.describe_ref(path).startswith("upload · best")
-    pair = resources.save_upload([("w.safetensors", (src / "model.safetensors").read_bytes()),
+    assert catalog.describe(path).startswith("upload · best")
+    pair = uploads.save_upload([("w.safetensors", (src / "model.safetensors").read_bytes()),
                                   ("config.json", (src / "config.json").read_bytes())])
     assert resources.load_model(str(pair)).config == load(src)[0].config
-    resources.discard_upload(pair)
+    uploads.discard_upload(pair)
     assert not pair.exists() and path.exists()
     from trainers.runs import list_runs
     assert [r["name"] for r in list_runs()] == ["tiny-run"]  # .uploads is never taken for a run
@@ -188,9 +159,9 @@ def test_upload_zip_and_pair_load(root: Path) -> None:
 ])
 def test_upload_refuses_bad_files(root: Path, files, match: str) -> None:
     with pytest.raises(CheckpointError, match=match):
-        resources.save_upload(files)
+        uploads.save_upload(files)
     assert not (root.parent / "escape.txt").exists()
-    leftovers = list(resources.uploads_dir().iterdir()) if resources.uploads_dir().exists() else []
+    leftovers = list(catalog.uploads_dir().iterdir()) if catalog.uploads_dir().exists() else []
     assert leftovers == []  # a refused upload leaves nothing behind
 
 
@@ -212,7 +183,7 @@ def _nanogpt_ckpt(src: Path) -> tuple[bytes, bytes]:
 
 def test_upload_nanogpt_ckpt_with_meta(root: Path) -> None:
     ckpt, meta = _nanogpt_ckpt(root / "tiny-run" / "best")
-    path = resources.save_upload([("ckpt.pt", ckpt), ("meta.pkl", meta)])
+    path = uploads.save_upload([("ckpt.pt", ckpt), ("meta.pkl", meta)])
     loaded = resources.load_model(str(path))
     assert loaded.meta["source_format"] == "nanogpt" and loaded.meta["iter"] == 30
     assert loaded.tokenizer == load(root / "tiny-run" / "best")[1]
@@ -229,11 +200,11 @@ def test_hostile_pickle_never_runs(root: Path, tmp_path: Path) -> None:
 
     buf = io.BytesIO()
     torch.save({"model": Evil(), "model_args": {}}, buf)
-    path = resources.save_upload([("ckpt.pt", buf.getvalue())])
+    path = uploads.save_upload([("ckpt.pt", buf.getvalue())])
     with pytest.raises(CheckpointError, match="weights_only"):
         resources.load_model(str(path))
     ckpt, _ = _nanogpt_ckpt(root / "tiny-run" / "best")
-    hostile = resources.save_upload([("ckpt.pt", ckpt), ("meta.pkl", pickle.dumps(Evil()))])
+    hostile = uploads.save_upload([("ckpt.pt", ckpt), ("meta.pkl", pickle.dumps(Evil()))])
     with pytest.raises(CheckpointError, match="meta.pkl"):
         resources.load_model(str(hostile))
     assert not marker.exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpt.config import GPTConfig
-from gpt.generate import Generator, generate, sample, sampling_distribution, stream
+from gpt.generate import Generator, generate, greedy_continuation, sample, sampling_distribution, stream
 from gpt.model import GPT
 
 torch.set_num_threads(1)
@@ -208,3 +208,18 @@ def test_long_prompt_and_training_mode_restored() -> None:
     assert model.training  # eval during the step, restored afterwards
     model.eval()
     torch.testing.assert_close(step.logits, full_logits(model, prompt), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("T", [10, 32, 45])  # 32 = block_size: the context is cut; 45: the prompt is past it
+def test_greedy_continuation_is_argmax_decoding(model: GPT, T: int) -> None:
+    ids = torch.randint(0, model.config.vocab_size, (T,), generator=torch.Generator().manual_seed(T)).tolist()
+    n = 8
+    got = greedy_continuation(model, ids, n)
+    seq = list(ids)[-(model.config.block_size - n):]  # the sample fits one window with its context
+    ctx = len(seq)
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(torch.tensor([seq]))
+            seq.append(int(logits[0, -1].argmax()))
+    assert len(seq) <= model.config.block_size
+    assert got == seq[ctx:]

@@ -3,6 +3,7 @@ re-attach, delete). Every test kills what it started in teardown."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -237,3 +238,82 @@ def test_bundled_run_is_read_only(tmp_path):
     with pytest.raises(ValueError, match="read-only"):
         runs.delete("shakespeare-char", root=tmp_path)
     assert (tmp_path / "shakespeare-char" / "latest" / "model.safetensors").is_file()
+
+
+def test_start_hands_the_child_only_the_run_folder(root, monkeypatch):
+    """The app's start path never goes through argv: the child gets `--run <folder>`, and the
+    folder's config.json holds the validated settings."""
+    seen = []
+
+    class FakeProc:
+        pid = 4242
+
+    def popen(cmd, **kw):
+        seen.append(cmd)
+        return FakeProc()
+
+    monkeypatch.setattr(runs.subprocess, "Popen", popen)
+    name = start(root, name="argv", max_iters=7, n_layer=3, learning_rate=5e-4)
+    d = root / name
+    assert seen == [[sys.executable, "-m", "trainers.train", "--run", str(d)]]
+    rc = runs.read_json(d / "config.json")
+    assert set(rc) == {"train", "created_at"}
+    train = rc["train"]
+    assert (train["max_iters"], train["n_layer"], train["learning_rate"]) == (7, 3, 5e-4)
+    assert (train["name"], train["root"], train["threads"], train["data"]) == ("argv", str(root.resolve()), 1,
+                                                                               "python-docs")
+    from trainers.config import read_run_config
+    assert read_run_config(d).to_dict() == train  # what the child will train, field for field
+    assert runs.status(name, root)["pid"] == 4242
+    # resume hands over the folder too, with the new target written into config.json
+    runs.write_json_atomic(d / "status.json", {"state": "stopped", "iter": 5})
+    ckpt.latest_dir(d).mkdir()
+    runs.write_json_atomic(ckpt.latest_dir(d) / "config.json", {"meta": {"iter": 5}})
+    runs.resume(name, max_iters=9, root=root)
+    assert seen[-1] == [sys.executable, "-m", "trainers.train", "--run", str(d), "--resume"]
+    assert runs.read_json(d / "config.json")["train"]["max_iters"] == 9
+
+
+@pytest.mark.slow
+def test_start_trains_from_config_json_through_the_process(root):
+    name = start(root, name="cfg", max_iters=12, eval_interval=6, log_interval=3)
+    d = root / name
+    pid = runs.status(name, root)["pid"]
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:] == [b"-m", b"trainers.train", b"--run", str(d).encode(), b""]  # no settings
+    written = runs.read_json(d / "config.json")["train"]
+    st = wait_for(lambda: done(name, root))
+    assert st["state"] == "finished" and st["iter"] == 12, (d / "train.log").read_text()[-2000:]
+    rc = runs.read_json(d / "config.json")
+    assert rc["train"] == written  # trained as written, and completed by the trainer
+    assert {"model", "data", "tokenizer", "created_at"} <= set(rc) and rc["model"]["n_layer"] == 2
+    assert [it for it, _ in ckpt.list_snapshots(d)] == [0, 10, 12]
+    assert all(ckpt.has_checkpoint(ckpt.snapshot_dir(d, it)) for it in (0, 10, 12))
+    assert "device: cpu, 1 thread" in (d / "train.log").read_text()
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", "not valid JSON"),
+    ('{"model": {}}', 'expected a JSON object with a "train" object'),
+    ('{"train": {"learning_rat": 1.0}}', r"unknown TrainConfig fields \['learning_rat'\]"),
+    ('{"train": {"preset": "tiny", "n_embd": 64, "n_head": 3, "device": "cpu"}}', "divisible by n_head"),
+    ('{"train": {"preset": "tiny", "max_iters": "ten", "device": "cpu"}}', "field 'max_iters' must be int, got 'ten'"),
+    ('{"train": {"preset": "tiny", "max_iters": 0, "device": "cpu"}}', "--max-iters must be an integer >= 1"),
+    (None, "cannot be read"),
+])
+def test_bad_config_json_in_run_dir_is_refused_clearly(tmp_path, capsys, content, match):
+    """A launched run whose config.json is bad fails with the reason, named after the file, in
+    stderr (train.log) and in status.json (what the app shows), before anything trains."""
+    from trainers.train import main
+
+    d = tmp_path / "bad"
+    d.mkdir()
+    if content is not None:
+        (d / "config.json").write_text(content)
+    runs.write_json_atomic(d / "status.json", {"state": "starting", "pid": None, "updated_ts": time.time()})
+    assert main(["--run", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {d / 'config.json'}: ") and re.search(match, err), err
+    st = runs.read_json(d / "status.json")
+    assert st["state"] == "failed" and re.search(match, st["message"]) and st["pid"] == os.getpid()
+    assert sorted(p.name for p in d.iterdir()) == sorted(["status.json"] + (["config.json"] if content else []))

@@ -12,11 +12,13 @@ import torch
 
 from app.views import attention as va
 from app.views import generate as vg
+from app import generation as ag
 from app.views import layers as vl
 from app.views import tokens as vt
-from gpt.analysis import head_scores_from_pattern, logit_lens
+from gpt.analysis import logit_lens
 from gpt.config import GPTConfig
 from gpt.generate import Generator
+from gpt.heads import prompt_head_scores
 from gpt.model import GPT
 from gpt.record import Recorder
 from gpt.tokenizer import CharTokenizer
@@ -161,15 +163,6 @@ def test_pattern_and_scores_figures_carry_values_and_labels() -> None:
         va.pattern_figure(pat, labels[:3])
 
 
-def test_pool_patterns_averages_blocks() -> None:
-    pat = causal(8)
-    pooled = va.pool_patterns(pat, 4)
-    assert pooled.shape == (2, 3, 4, 4)
-    torch.testing.assert_close(pooled[1, 2, 0, 0], pat[1, 2, :2, :2].mean())
-    torch.testing.assert_close(pooled.mean(dim=(-1, -2)), pat.mean(dim=(-1, -2)))
-    assert va.pool_patterns(pat, 16) is not None and va.pool_patterns(pat, 16).shape[-1] == 8
-
-
 def test_grid_side_limits_cells() -> None:
     assert va.grid_side(10, 4) == 10  # small prompts are not pooled
     assert va.grid_side(256, 36) <= va.GRID_MAX_SIDE
@@ -225,17 +218,11 @@ def test_grid_pick_reads_attribute_style_state() -> None:
     assert va.grid_pick(AttrState(selection=AttrState({va.GRID_PARAM: [{"layer": 1, "head": 0}]})), 2, 3) == (1, 0)
 
 
-def test_prompt_head_scores_and_uniform_entropy() -> None:
+def test_uniform_entropy_is_a_uniform_heads_entropy() -> None:
     T = 6
-    prev = torch.zeros(1, 2, T, T)
-    prev[0, :, 0, 0] = 1
-    prev[0, :, torch.arange(1, T), torch.arange(T - 1)] = 1  # always the previous token
-    uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1).unsqueeze(1)
-    pats = torch.cat([prev, uniform.expand(1, 2, T, T)])  # (L=2, H=2, T, T)
-    s = va.prompt_head_scores(pats)
-    assert s["prev_token"][0].tolist() == [1.0, 1.0]
-    assert s["entropy"][1].tolist() == pytest.approx([va.uniform_entropy(T)] * 2, rel=1e-5)
-    torch.testing.assert_close(s["first_token"][1], head_scores_from_pattern(uniform.expand(2, T, T))["first_token"])
+    uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1).unsqueeze(1)  # (T, T)
+    s = prompt_head_scores(uniform.expand(1, 2, T, T))  # the summary's color range ends at this head
+    assert s["entropy"][0].tolist() == pytest.approx([va.uniform_entropy(T)] * 2, rel=1e-5)
     assert va.uniform_entropy(4) == pytest.approx((math.log2(2) + math.log2(3) + math.log2(4)) / 3)
 
 
@@ -261,6 +248,9 @@ def test_build_attention_from_a_recording(model: GPT, ids: list[int]) -> None:
     for f in (view.scores, view.query_bar, view.summary_fig):
         valid(f)
     assert view.summary["entropy"].shape == (L, H)
+    want = prompt_head_scores([rec[f"blocks.{i}.attn.hook_pattern"] for i in range(L)])  # L x (1, H, T, T)
+    for k, v in want.items():
+        torch.testing.assert_close(view.summary[k], v)
     assert view.selected_scores["prev_token"] == pytest.approx(float(view.summary["prev_token"][1, 1]))
 
 
@@ -326,11 +316,11 @@ def test_build_layers(model: GPT, ids: list[int]) -> None:
 # -- generate ---------------------------------------------------------------------------------------
 def test_undo_step_and_views(model: GPT) -> None:
     gen = Generator(model, [1, 2, 3], temperature=1.0, seed=0, record=True)
-    st = vg.GenState(ref="m", prompt=(1, 2, 3), ids=[1, 2, 3])
+    st = ag.GenState(ref="m", prompt=(1, 2, 3), ids=[1, 2, 3])
     for _ in range(3):
-        vg.record_step(st, gen.step(k=5), 2.0)
+        ag.record_step(st, gen.step(k=5), 2.0)
     forced = gen.step(force=7, k=5)
-    vg.record_step(st, forced, 2.0)
+    ag.record_step(st, forced, 2.0)
     view = vg.build(st, TOK.token_str)
     assert 'data-new-tokens="4"' in view.text and view.text.count("<span") == 7
     assert view.text.count("dashed") == 1  # the forced token is outlined
@@ -341,11 +331,11 @@ def test_undo_step_and_views(model: GPT) -> None:
     L, H = model.config.n_layer, model.config.n_head
     assert len(att.data[0].y) == L * H and len(att.data[0].x) == forced.pos - forced.ctx_start
     valid(view.distribution)
-    vg.undo_step(st)
+    ag.undo_step(st)
     assert st.n_new == 3 and len(st.steps) == 3
-    empty = vg.GenState(ref="m", prompt=(1,), ids=[1])
+    empty = ag.GenState(ref="m", prompt=(1,), ids=[1])
     with pytest.raises(ValueError, match="nothing to undo"):
-        vg.undo_step(empty)
+        ag.undo_step(empty)
     assert vg.build(empty, TOK.token_str).distribution is None
 
 

@@ -1,7 +1,7 @@
 """Pure parts of the Timeline page and the head table (app/views/timeline.py, app/views/heads.py):
-run discovery, the play step, one snapshot's loss and figures, the greedy sample, the history
-frame and chart, and the two selection handlers (chart click, table row) that map a click back to
-(layer, head)."""
+run discovery, the play step, one snapshot's figures and loss, the history frame and chart, and
+the two selection handlers (chart click, table row) that map a click back to (layer, head). The
+losses and the greedy sample are gpt's: tests/test_analysis.py, tests/test_generate.py."""
 from __future__ import annotations
 
 import shutil
@@ -14,9 +14,8 @@ import torch
 
 from app.views import heads as vh
 from app.views import timeline as vt
-from app.views.attention import prompt_head_scores
-from gpt.analysis import HeadScores, head_scores
 from gpt.checkpoint import load
+from gpt.heads import HeadScores, head_scores, prompt_head_scores
 from gpt.record import Recorder
 
 
@@ -107,17 +106,6 @@ def test_next_iter_walks_to_the_end() -> None:
 
 
 # -- one snapshot ----------------------------------------------------------------------------------
-def test_prompt_loss_is_the_models_loss(snap) -> None:
-    model, _, ids = snap
-    rec = Recorder(list(vt.NAMES))
-    model(torch.tensor([ids]), rec=rec)
-    _, want = model(torch.tensor([ids[:-1]]), torch.tensor([ids[1:]]))
-    assert vt.prompt_loss(rec["logits"], ids) == pytest.approx(want.item(), rel=1e-5)
-    assert vt.forward_loss(model, ids) == pytest.approx(want.item(), rel=1e-6)
-    assert vt.forward_loss(model, ids[:1]) is None
-    assert vt.prompt_loss(rec["logits"][:, :1], ids[:1]) is None
-
-
 def test_snapshot_view_shows_the_chosen_head(snap) -> None:
     model, tok, ids = snap
     rec = Recorder(list(vt.NAMES))
@@ -130,22 +118,8 @@ def test_snapshot_view_shows_the_chosen_head(snap) -> None:
     assert len(view.labels) == len(ids) and list(view.pattern.data[0].x) == view.labels
     assert view.lens.data[0].z.shape == (L + 1, len(ids))
     assert f"L{L - 1}H{H - 1}" in view.pattern.layout.title.text
-
-
-@pytest.mark.parametrize("T", [10, 32])  # 32 = the tiny model's block_size: the context is cut
-def test_greedy_continuation_is_argmax_decoding(snap, tiny_checkpoint, T: int) -> None:
-    model, tok, _ = snap
-    ids = tok.encode(tiny_checkpoint.text[:T])
-    n = 8
-    got = vt.greedy_continuation(model, ids, n)
-    seq = list(ids)[-(model.config.block_size - n):]  # the sample fits one window with its context
-    ctx = len(seq)
-    with torch.no_grad():
-        for _ in range(n):
-            logits, _ = model(torch.tensor([seq]))
-            seq.append(int(logits[0, -1].argmax()))
-    assert len(seq) <= model.config.block_size
-    assert got == seq[ctx:]
+    _, want = model(torch.tensor([ids[:-1]]), torch.tensor([ids[1:]]))  # the loss off the same recording
+    assert view.loss == pytest.approx(want.item(), rel=1e-5)
 
 
 # -- history -------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""app/views/training.py: estimates, downsampling, the loss figure, progress and the runs table."""
+"""app/views/training.py: the form's fields, downsampling, the loss figure, progress, the runs
+table and the page's small decisions (estimates are tests/test_estimate.py's)."""
 from __future__ import annotations
 
 import math
@@ -8,38 +9,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from app.views import training as tv
-from gpt.config import GPTConfig
-from gpt.model import GPT
-from trainers.config import PRESETS, TrainConfig, estimate_memory
-
-
-@pytest.mark.parametrize("preset, bias", [("tiny", True), ("cpu-small", True), ("tiny", False)])
-def test_n_params_matches_the_model(preset: str, bias: bool) -> None:
-    cfg = GPTConfig.preset(preset, vocab_size=77, bias=bias)
-    assert tv.n_params(cfg) == GPT(cfg).get_num_params(non_embedding=False)
+from trainers.config import PRESETS, preset_values
+from trainers.metrics import loss_series
 
 
 def test_preset_values_fill_shape_from_the_model_preset() -> None:
-    v = tv.preset_values("tiny")
+    v = preset_values("tiny", tv.FIELD_NAMES)
     assert [f for f, _, _ in tv.FIELDS] == list(v)
     assert (v["n_layer"], v["n_head"], v["n_embd"], v["block_size"]) == (2, 2, 64, 32)
     assert v["max_iters"] == PRESETS["tiny"].max_iters and isinstance(v["learning_rate"], float)
-    assert tv.preset_values("baby")["dropout"] == 0.2
+    assert preset_values("baby", tv.FIELD_NAMES)["dropout"] == 0.2
 
 
-def test_estimate_scales_with_the_model() -> None:
-    small, big = TrainConfig.from_preset("tiny"), TrainConfig.from_preset("tiny", n_layer=8, n_embd=128)
-    e1 = tv.estimate(small.model_config(65), small, ref_tps=10_000)
-    e2 = tv.estimate(big.model_config(65), big, ref_tps=10_000)
-    assert e1.tokens == small.max_iters * small.batch_size * 32
-    # the reference config at the reference speed trains at that speed
-    assert e1.tokens_per_s == pytest.approx(10_000 * tv.flops_per_token(GPTConfig.preset("tiny"))
-                                            / tv.flops_per_token(small.model_config(65)))
-    assert e1.seconds >= e1.tokens / e1.tokens_per_s  # eval adds time
-    assert e2.params > e1.params and e2.memory_bytes > e1.memory_bytes and e2.seconds > e1.seconds
-    assert e2.memory_bytes == sum(estimate_memory(big.model_config(65), big.batch_size))
-    twice = TrainConfig.from_preset("tiny", max_iters=2 * small.max_iters)
-    assert tv.estimate(twice.model_config(65), twice, 10_000).seconds == pytest.approx(2 * e1.seconds, rel=0.05)
+def test_number_args_give_each_field_its_kind() -> None:
+    for name, _label, kind in tv.FIELDS:
+        args = tv.number_args(name, kind, preset_values("cpu-small", [name])[name])
+        assert type(args["value"]) is kind and type(args["min_value"]) is kind and args["min_value"] == 0
+    assert tv.number_args("learning_rate", float, 1e-3)["format"] == "%.5f"
+    assert tv.number_args("dropout", float, 0.2) == dict(min_value=0.0, value=0.2, format="%.2f", step=0.05)
+
+
+def test_resume_args_go_past_the_run() -> None:
+    assert tv.resume_args({"iter": 40, "max_iters": 100}) == {"min_value": 41, "value": 100}
+    assert tv.resume_args({"iter": 100, "max_iters": 100}) == {"min_value": 101, "value": 200}
+    assert tv.resume_args({}) == {"min_value": 1, "value": 2}
 
 
 def test_human_formats() -> None:
@@ -84,7 +77,7 @@ def rows(n_train: int, eval_every: int) -> list[dict]:
 
 def test_loss_series_and_figure() -> None:
     r = rows(5000, 100)
-    s = tv.loss_series(r)
+    s = loss_series(r)
     assert len(s["train"][0]) == 5000 and len(s["val"][0]) == 50 and len(s["train (eval)"][0]) == 50
     fig, points = tv.loss_figure(s, max_points=1500)
     names = [t.name for t in fig.data]
@@ -115,3 +108,46 @@ def test_run_rows() -> None:
     assert table[0] == {"run": "a", "state": "running", "iter": "10 / 100", "val loss": 2.3457,
                         "preset": "tiny", "data": "python-docs", "updated": "1 min 15 s ago"}
     assert table[1]["iter"] == "— / —" and table[1]["val loss"] is None and table[1]["updated"] == "—"
+
+
+def test_status_caption_and_note() -> None:
+    prog = tv.progress({"state": "running", "iter": 50, "max_iters": 200, "eta_s": 75.0, "tokens_per_s": 1234.5})
+    assert tv.status_caption("running", prog, 7, live=True) == \
+        "**running** · iter 50 / 200 · 7 points · 1,234 tok/s · ETA 1 min 15 s"
+    assert tv.status_caption("stopped", prog, 7, live=False).endswith("ETA —")
+    assert tv.status_note({"state": "failed", "message": "boom"}) == ("error", "boom")
+    assert tv.status_note({"state": "stopped", "message": "stopped at iter 3"}) == ("info", "stopped at iter 3")
+    assert tv.status_note({"state": "running", "message": "training"}) is None
+
+
+def test_threads_caption() -> None:
+    assert tv.threads_caption(1, 2) == "Training uses 1 thread, leaving 1 core for the UI."
+    assert tv.threads_caption(3, 4) == "Training uses 3 threads, leaving 1 core for the UI."
+    assert tv.threads_caption(2, 1) == "Training uses 2 threads, leaving 0 cores for the UI."
+
+
+def test_next_sample_redraws_at_most_every_so_often() -> None:
+    draws: list[int] = []
+
+    def draw() -> str:
+        draws.append(1)
+        return f"text {len(draws)}"
+
+    shown, keep = tv.next_sample(None, "ck", 10, now=100.0, every_s=10.0, draw=draw)
+    assert shown == ("ck", 10, 100.0, "text 1") and keep
+    assert tv.next_sample(shown, "ck", 10, 500.0, 10.0, draw)[0] == shown  # same iter: never redrawn
+    assert tv.next_sample(shown, "ck", 20, 105.0, 10.0, draw)[0] == shown  # newer, but too soon
+    assert tv.next_sample(shown, "ck", 20, 111.0, 10.0, draw)[0] == ("ck", 20, 111.0, "text 2")
+    assert tv.next_sample(shown, "other", 10, 101.0, 10.0, draw)[0][3] == "text 3"  # another run
+
+    def broken() -> str:
+        raise OSError("replaced mid-read")
+
+    failed, keep = tv.next_sample(shown, "ck", 30, 200.0, 10.0, broken)
+    assert failed[3] == "(no sample yet: OSError)" and not keep  # shown, but retried next time
+
+
+def test_is_within(tmp_path) -> None:
+    run = tmp_path / "run"
+    assert tv.is_within(str(run), run) and tv.is_within(str(run / "snapshots" / "iter_0000010"), run)
+    assert not tv.is_within(str(tmp_path / "runner"), run) and not tv.is_within(None, run)

@@ -1,20 +1,22 @@
 """app/views/walkthrough(_stages): the pure parts of the Walkthrough page, on a small random GPT.
 
 The stages must show the model's real values (checked against the modules computed by hand), record
-only what they show, and have the shapes the diagram prints; the training view's per-position losses
-must average to forward's loss; the generation step must show what gpt.generate draws from."""
+only what they show, and have the shapes the diagram prints; the training table must mark the true
+next token (its losses: tests/test_analysis.py); the generation step must show what gpt.generate
+draws from."""
 from __future__ import annotations
 
 import re
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from app.views import walkthrough as vw
 from app.views import walkthrough_stages as vs
+from gpt.analysis import training_example
 from gpt.config import GPTConfig
 from gpt.generate import Generator, sampling_distribution
+from gpt.heads import attention_steps
 from gpt.model import GPT
 from gpt.record import Recorder
 
@@ -51,23 +53,8 @@ def label(i: int) -> str:
 
 
 # -- training ------------------------------------------------------------------------------------------
-def test_per_position_losses_average_to_the_forward_loss(model: GPT, ids: list[int]) -> None:
-    tv = vw.training_view(model, ids)
-    assert tv.x == ids[:-1] and tv.y == ids[1:]  # targets are the input shifted by one
-    assert tv.per_position.shape == (T - 1,)
-    assert tv.mean == pytest.approx(tv.loss, abs=1e-5)
-    # each position's loss is -ln p(target) under the model's own full-sequence logits
-    with torch.no_grad():
-        logits, _ = model(torch.tensor([ids]), rec=Recorder(["logits"]))  # (1, T, V)
-    logp = F.log_softmax(logits[0, :-1], dim=-1)  # (T-1, V); causal: positions < T-1 see the same
-    torch.testing.assert_close(tv.per_position, -logp[torch.arange(T - 1), torch.tensor(ids[1:])])
-    assert torch.all(tv.target_rank >= 1) and torch.all(tv.top_probs[:, :-1] >= tv.top_probs[:, 1:])
-    with pytest.raises(ValueError, match="at least 2 tokens"):
-        vw.training_view(model, ids[:1])
-
-
 def test_training_table_marks_the_true_next_token(model: GPT, ids: list[int]) -> None:
-    tv = vw.training_view(model, ids, k=5)
+    tv = training_example(model, ids, k=5)
     table = vw.training_table(tv, label)
     assert len(table) == T - 1 and table["target y"].tolist() == [label(i) for i in ids[1:]]
     for t, row in table.iterrows():
@@ -125,19 +112,10 @@ def test_stage_values_are_the_models_own(model: GPT, ids: list[int]) -> None:
     assert not torch.allclose(before, after)
 
 
-def test_attention_steps_open_up_one_head(model: GPT, ids: list[int]) -> None:
+def test_attention_panels_draw_one_opened_head(model: GPT, ids: list[int]) -> None:
     layer, head = 1, 1
     rec = record(model, ids, vs.stage_names("attn", layer))
-    s = vs.attention_steps(rec, layer, head)
-    hs = model.config.head_dim
-    assert s.q.shape == s.k.shape == s.v.shape == s.z.shape == (T, hs) and s.raw.shape == (T, T)
-    assert torch.equal(s.mask, torch.ones(T, T, dtype=torch.bool).tril())
-    masked = s.raw.masked_fill(~s.mask, float("-inf"))
-    torch.testing.assert_close(masked, s.scores)  # q·kᵀ/√d then the mask is what the model computed
-    torch.testing.assert_close(s.pattern, F.softmax(masked, dim=-1))
-    torch.testing.assert_close(s.pattern.sum(-1), torch.ones(T))
-    assert torch.all(s.pattern[~s.mask] == 0)
-    torch.testing.assert_close(s.z, s.pattern @ s.v, atol=1e-5, rtol=1e-5)
+    s = attention_steps(rec, layer, head)  # its tensors: tests/test_heads.py
     panels = vs.attention_panels(s, [label(i) for i in ids], model.config.n_head)
     assert [p.heading[0] for p in panels] == ["①", "②"] and "⑤" in panels[1].heading
     assert "q·kᵀ" in panels[1].heading and f"({T}, {T})" in panels[1].note
@@ -219,7 +197,7 @@ def test_ids_strip_shows_each_token_with_its_id_escaped() -> None:
 def test_long_prompts_draw_only_the_last_positions_of_a_head(model: GPT, ids: list[int],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vs, "MAX_ATTN_POSITIONS", 5)
-    s = vs.attention_steps(record(model, ids, vs.stage_names("attn", 0)), 0, 0)
+    s = attention_steps(record(model, ids, vs.stage_names("attn", 0)), 0, 0)
     panels = vs.attention_panels(s, [label(i) for i in ids], model.config.n_head)
     raw = panels[1].figures[0]
     assert len(raw.data[0].z) == 5 and len(raw.data[0].z[0]) == 5 and "last 5" in raw.layout.annotations[0].text

@@ -7,18 +7,24 @@ optional overrides of the GPTConfig preset of the same name, so a run is "preset
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+from pathlib import Path
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from gpt.config import GPTConfig
+from trainers.estimate import GPT2_VOCAB, estimate_memory
 
 MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
 TOKENIZERS = ("char", "gpt2")
+RUN_CONFIG_FILE = "config.json"  # in a run folder: {"train": TrainConfig.to_dict(), ...}
+CHAR_VOCAB_BOUND = 256
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}  # check_config's character vocabulary before the data is read
 
 
 @dataclass
@@ -70,13 +76,20 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        """The config that to_dict wrote. ValueError names an unknown field or a value of the wrong
+        JSON type (a file may have been edited by hand); ranges are check_config's."""
+        known = {f.name: str(f.type) for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        for k, v in d.items():
+            ok = tuple(t for part in known[k].split("|") for t in _JSON_TYPES[part.strip()])
+            if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
+                raise ValueError(f"TrainConfig field {k!r} must be {known[k]}, got {v!r}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-able: what a run folder's config.json keeps under "train"."""
         return asdict(self)
 
     @property
@@ -87,6 +100,29 @@ class TrainConfig:
         """The GPTConfig preset of the same name with this config's shape overrides."""
         overrides = {k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None}
         return GPTConfig.preset(self.preset, vocab_size=vocab_size, **overrides)
+
+
+def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig in <run_dir>/config.json (as trainers.runs.start or the trainer wrote it),
+    named after the folder it is in, so a moved or copied run trains where it is. Its values are
+    check_config's to judge; ValueError here names the file when it is missing, not JSON, or not
+    a run config."""
+    d = Path(run_dir)
+    path = d / RUN_CONFIG_FILE
+    try:
+        rc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e}); a run folder to train holds "
+                         "the config.json that trainers.runs.start writes") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(rc, dict) or not isinstance(rc.get("train"), dict):
+        raise ValueError(f'{path}: not a run config (expected a JSON object with a "train" object)')
+    try:
+        cfg = TrainConfig.from_dict(rc["train"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    return replace(cfg, name=validate_run_name(d.name), root=str(d.parent))
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -106,6 +142,13 @@ PRESETS: dict[str, TrainConfig] = {
                         warmup_iters=100, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
                         block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
 }
+
+
+def preset_values(preset: str, names: Sequence[str]) -> dict[str, Any]:
+    """The values of TrainConfig fields `names` for a preset, in that order; shape fields the
+    preset leaves None come from the GPTConfig preset of the same name (what the run will use)."""
+    tc, mc = PRESETS[preset], GPTConfig.preset(preset)
+    return {n: getattr(mc, n) if getattr(tc, n) is None else getattr(tc, n) for n in names}
 
 
 # -- schedule -------------------------------------------------------------------------------------
@@ -149,13 +192,23 @@ def validate_run_name(name: str | None) -> str:
     return name
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_threads(world_size: int = 1) -> int:
     """CPU threads for a run: all cores but one (left to the UI), split over DDP processes."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, (n - 1) // max(1, world_size))
+    return max(1, (cpu_cores() - 1) // max(1, world_size))
+
+
+def vocab_bound(cfg: TrainConfig) -> int:
+    """The vocabulary size check_config assumes before the data is read: GPT-2's, or a generous
+    character set. Only a real vocabulary larger than this can change its answer."""
+    return GPT2_VOCAB if cfg.tokenizer == "gpt2" else CHAR_VOCAB_BOUND
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -174,21 +227,6 @@ def resolve_device(device: str = "auto") -> str:
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("--device mps asked for but MPS is not available; use --device cpu")
     return device
-
-
-def estimate_memory(model_cfg: GPTConfig, batch_size: int) -> tuple[int, int]:
-    """(parameter bytes, activation bytes) of one training micro step, in fp32.
-
-    Parameters: weights + grads + AdamW m and v = 4 copies of 4 bytes. Activations: per layer
-    about B*T*C*34 + 5*B*nh*T*T values (Korthikanti et al. 2022, 'Reducing activation
-    recomputation'), plus the logits and their gradient; counted at 4 bytes each.
-    """
-    c = model_cfg
-    n_params = 12 * c.n_layer * c.n_embd ** 2 + (c.vocab_size + c.block_size) * c.n_embd
-    B, T = batch_size, c.block_size
-    per_layer = B * T * c.n_embd * 34 + 5 * B * c.n_head * T * T
-    acts = (c.n_layer * per_layer + 3 * B * T * c.vocab_size) * 4
-    return n_params * 4 * 4, acts
 
 
 def available_memory(device: str) -> int:
@@ -237,8 +275,8 @@ def check_config(cfg: TrainConfig, vocab_size: int | None = None, device: str | 
                          f"processes ({world_size}); try --grad-accum {world_size}")
     if cfg.name is not None:
         validate_run_name(cfg.name)
-    if vocab_size is None:  # before the data is read: gpt2's, or a generous character set
-        vocab_size = 50257 if cfg.tokenizer == "gpt2" else 256
+    if vocab_size is None:
+        vocab_size = vocab_bound(cfg)
     try:
         mcfg = cfg.model_config(vocab_size)
     except (ValueError, TypeError) as e:

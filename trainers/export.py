@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from gpt.checkpoint import list_snapshots, load, save
+from gpt.checkpoint import (best_dir, has_checkpoint, latest_dir, list_snapshots, load, save,
+                            snapshot_dir)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 RUN_FILES = ("config.json", "metrics.jsonl", "status.json")
@@ -42,8 +43,8 @@ def export_run(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.floa
         status["pid"] = None
         status["readonly"] = True  # trainers.runs refuses to resume or delete it
         status_path.write_text(json.dumps(status, indent=1))
-    folders = [(src / w, dst / w) for w in ("latest", "best") if (src / w / "model.safetensors").is_file()]
-    folders += [(p, dst / "snapshots" / p.name) for _, p in list_snapshots(src)]
+    folders = [(where(src), where(dst)) for where in (latest_dir, best_dir) if has_checkpoint(where(src))]
+    folders += [(p, snapshot_dir(dst, it)) for it, p in list_snapshots(src)]
     for a, b in folders:
         model, tok, meta = load(a)
         for k in ("source", "source_format"):  # describe the original, not this copy's path

@@ -87,3 +87,17 @@ class MetricsTail:
         tps = row.get("tokens_per_s")
         if isinstance(tps, (int, float)) and tps > 0:
             self.last_tokens_per_s = float(tps)
+
+
+def loss_series(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    """{"train": (iters, losses), "val": (...), "train (eval)": (...)} from metrics.jsonl rows all
+    at once; rows without a finite value for a series are skipped. The reference that MetricsTail's
+    incremental reading must agree with (the live page reads through MetricsTail)."""
+    out: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in SERIES}
+    for r in rows:
+        for series, key in SERIES.items():
+            v = r.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v) and r.get("iter") is not None:
+                out[series][0].append(r["iter"])
+                out[series][1].append(float(v))
+    return out

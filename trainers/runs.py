@@ -20,8 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gpt.checkpoint import checkpoints_root
-from trainers.config import PRESETS, TrainConfig, check_config, default_threads, validate_run_name
+from gpt.checkpoint import LATEST, SNAPSHOTS, checkpoints_root, latest_dir
+from trainers.config import (PRESETS, RUN_CONFIG_FILE, TrainConfig, check_config, default_threads,
+                             validate_run_name)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LIVE_STATES = ("starting", "running", "stopping")
@@ -92,6 +93,12 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def latest_iter(run_dir: str | os.PathLike) -> int | None:
+    """The iteration the run's latest/ checkpoint was saved at; None when it has none (yet)."""
+    it = ((read_json(latest_dir(run_dir) / "config.json") or {}).get("meta") or {}).get("iter")
+    return int(it) if isinstance(it, (int, float)) else None
+
+
 def recover_latest(run_dir: str | os.PathLike) -> None:
     """Tidy a run folder after a kill -9 during a checkpoint write (call only when no process
     is writing it). gpt.checkpoint.save swaps folders with two renames; a kill between them
@@ -99,15 +106,16 @@ def recover_latest(run_dir: str | os.PathLike) -> None:
     complete one back, then delete the hidden leftovers of any interrupted save."""
     d = Path(run_dir)
     hidden = [p for p in [*d.glob(".*.tmp-*"), *d.glob(".*.old-*"),
-                          *d.glob("snapshots/.*.tmp-*"), *d.glob("snapshots/.*.old-*")] if p.is_dir()]
-    if not (d / "latest").is_dir():
+                          *d.glob(f"{SNAPSHOTS}/.*.tmp-*"), *d.glob(f"{SNAPSHOTS}/.*.old-*")] if p.is_dir()]
+    latest = latest_dir(d)
+    if not latest.is_dir():
         complete = []
         for p in hidden:
-            info = read_json(p / "config.json") if p.name.startswith(".latest.") else None
+            info = read_json(p / "config.json") if p.name.startswith(f".{LATEST}.") else None
             if info and (p / "model.safetensors").is_file():
                 complete.append((int((info.get("meta") or {}).get("iter", -1)), p))
         if complete:
-            os.rename(max(complete)[1], d / "latest")
+            os.rename(max(complete)[1], latest)
     for p in hidden:
         if p.exists():
             shutil.rmtree(p, ignore_errors=True)
@@ -177,13 +185,13 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     for d in root.iterdir():
         if not d.is_dir() or d.name.startswith("."):
             continue
-        if not any((d / f).exists() for f in ("status.json", "config.json", "latest")):
+        if not any((d / f).exists() for f in ("status.json", RUN_CONFIG_FILE, LATEST)):
             continue
         try:
             st = status(d.name, root)
         except ValueError:  # a folder whose name is not a valid run name
             continue
-        cfg = read_json(d / "config.json") or {}
+        cfg = read_json(d / RUN_CONFIG_FILE) or {}
         train = cfg.get("train") or {}
         st.setdefault("iter", None)
         st.setdefault("max_iters", train.get("max_iters"))
@@ -197,7 +205,8 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
 
 # -- background processes -------------------------------------------------------------------------
 def to_argv(cfg: TrainConfig) -> list[str]:
-    """CLI flags that reproduce `cfg` exactly (every field spelled out)."""
+    """CLI flags that reproduce `cfg` exactly (every field spelled out), for a human to rerun a
+    run by hand; start and resume hand the child the run folder instead."""
     flag = {"learning_rate": "--lr"}
     argv: list[str] = []
     for k, v in cfg.to_dict().items():
@@ -213,8 +222,11 @@ def to_argv(cfg: TrainConfig) -> list[str]:
     return argv
 
 
-def _spawn(run_dir: Path, argv: list[str], threads: int) -> int:
+def _spawn(run_dir: Path, threads: int, resume: bool = False) -> int:
+    """`python -m trainers.train --run <run_dir> [--resume]`, detached, logging to train.log: every
+    setting travels in the run's config.json, none on the command line."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
+    argv = ["--run", str(run_dir)] + (["--resume"] if resume else [])
     with open(run_dir / "train.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "trainers.train", *argv], cwd=REPO_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -232,7 +244,8 @@ def _starting(run_dir: Path, **fields: Any) -> None:
 
 
 def start(config: TrainConfig | dict[str, Any], root: str | os.PathLike | None = None) -> str:
-    """Validate `config`, create its run folder, launch it in the background; return the name.
+    """Validate `config`, create its run folder with config.json (data, threads, root and name
+    filled in), launch `python -m trainers.train --run <folder>` in the background; return the name.
 
     `config` is a TrainConfig or a dict of TrainConfig fields ("preset" picks the base preset).
     Raises ValueError (bad settings, bad or existing name, missing data file) before anything runs.
@@ -269,8 +282,9 @@ def start(config: TrainConfig | dict[str, Any], root: str | os.PathLike | None =
             except FileExistsError:
                 continue
     run_dir = Path(cfg.root) / cfg.name
+    write_json_atomic(run_dir / RUN_CONFIG_FILE, {"train": cfg.to_dict(), "created_at": _now()})
     _starting(run_dir, iter=0, max_iters=cfg.max_iters, threads=cfg.threads)
-    _spawn(run_dir, to_argv(cfg), cfg.threads)
+    _spawn(run_dir, cfg.threads)
     return cfg.name
 
 
@@ -303,28 +317,30 @@ def stop(name: str, root: str | os.PathLike | None = None, wait: bool = False,
 
 def resume(name: str, max_iters: int | None = None, root: str | os.PathLike | None = None,
            threads: int | None = None) -> str:
-    """Continue a stopped/interrupted/failed/finished run from latest/ (optimizer included)."""
+    """Continue a stopped/interrupted/failed/finished run from latest/ (optimizer included):
+    the new max_iters and threads go into its config.json, then `trainers.train --run <folder>
+    --resume` continues it. ValueError when it cannot (live, read-only, nothing to resume, done)."""
     st = status(name, root)
     _refuse_readonly(dict(st, name=name), "resumed")
     if st["state"] in LIVE_STATES:
         raise ValueError(f"run {name!r} is {st['state']}; stop it before resuming")
     d = Path(st["path"])
     recover_latest(d)
-    if not (d / "latest").is_dir():
+    if not latest_dir(d).is_dir():
         raise ValueError(f"run {name!r} has no latest/ checkpoint to resume from; start a new run")
-    latest = read_json(d / "latest" / "config.json") or {}
-    it = int((latest.get("meta") or {}).get("iter", 0))
-    train = (read_json(d / "config.json") or {}).get("train") or {}
+    it = latest_iter(d) or 0
+    rc = read_json(d / RUN_CONFIG_FILE) or {}
+    train = rc.get("train") if isinstance(rc.get("train"), dict) else {}
     target = max_iters if max_iters is not None else train.get("max_iters", 0)
     if target <= it:
         raise ValueError(f"run {name!r} is at iter {it}; pass max_iters > {it} to continue it")
     threads = threads or train.get("threads") or default_threads()
+    if train:  # (a run without one is refused by the child, with the reason in its status)
+        train.update(max_iters=target, threads=threads)
+        write_json_atomic(d / RUN_CONFIG_FILE, rc)
     (d / STOP_FILE).unlink(missing_ok=True)
     _starting(d, iter=it, max_iters=target, threads=threads)
-    argv = ["--resume", "--name", name, "--root", str(d.parent), "--threads", str(threads)]
-    if max_iters is not None:
-        argv += ["--max-iters", str(max_iters)]
-    _spawn(d, argv, threads)
+    _spawn(d, threads, resume=True)
     return name
 
 
@@ -345,4 +361,5 @@ def delete(name: str, root: str | os.PathLike | None = None) -> None:
 
 
 __all__ = ["start", "list_runs", "status", "stop", "resume", "delete", "read_metrics",
-           "run_path", "pid_alive", "recover_latest", "PRESETS", "STATES", "LIVE_STATES"]
+           "read_run_config", "launch_failed", "run_path", "pid_alive", "recover_latest",
+           "PRESETS", "STATES", "LIVE_STATES"]

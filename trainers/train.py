@@ -2,6 +2,8 @@
 
 Also under torchrun (`torchrun --nproc_per_node=N -m trainers.train ...`) for DDP, as nanoGPT.
 `--resume --name X [--max-iters N]` continues run X from latest/, optimizer state included.
+`--run DIR` trains the run folder that trainers.runs.start prepared, with every setting from its
+config.json (no settings on the command line); `--run DIR --resume` continues it.
 SIGTERM/SIGINT (or a <run>/STOP file) stop gracefully: finish the step, save latest/, exit.
 """
 from __future__ import annotations
@@ -10,13 +12,17 @@ import argparse
 import os
 import signal
 import sys
+import time
 from dataclasses import fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from gpt.checkpoint import latest_dir
 from trainers import runs
-from trainers.config import PRESETS, TOKENIZERS, TrainConfig, default_threads, validate_run_name
+from trainers.config import (PRESETS, RUN_CONFIG_FILE, TOKENIZERS, TrainConfig, default_threads,
+                             read_run_config, validate_run_name)
 
 # settings a resumed run may change; everything else is the run's recorded config
 RESUME_OVERRIDABLE = {"name", "root", "max_iters", "threads", "device", "compile", "snapshots",
@@ -30,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "metrics.jsonl, status.json, latest/, best/, snapshots/).",
         epilog="Examples: python -m trainers.train --preset cpu-small --data shakespeare | "
                "python -m trainers.train --resume --name tiny-shakespeare-20250101-120000 --max-iters 400 | "
+               "python -m trainers.train --run checkpoints/my-run | "
                "torchrun --nproc_per_node=2 -m trainers.train --preset baby")
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="base settings: tiny (tests), cpu-small (nanoGPT's "
@@ -38,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
       "shakespeare when cached or in ../shared, else python-docs; no network unless asked for)")
     a("--tokenizer", choices=TOKENIZERS, help="char (vocab from the corpus) or gpt2 BPE (default: char)")
     a("--name", help="run folder name (default: <preset>-<data>-<timestamp>); no '/' or '..'")
-    a("--resume", action="store_true", help="continue run --name from its latest checkpoint, "
-      "optimizer included; only --max-iters/--threads/--device/--compile and intervals may change")
+    a("--resume", action="store_true", help="continue run --name (or --run) from its latest "
+      "checkpoint, optimizer included; only --max-iters/--threads/--device/--compile and intervals "
+      "may change")
+    a("--run", metavar="DIR", help="train the run folder DIR with the settings in its config.json "
+      "(as trainers.runs.start writes it; the app starts runs this way); no other settings")
     a("--root", help="checkpoints root (default: $NANOLENS_CHECKPOINTS or <repo>/checkpoints)")
     a("--max-iters", type=int, dest="max_iters", help="optimizer steps in total (also lr_decay_iters)")
     a("--eval-interval", type=int, dest="eval_interval", help="evaluate and save latest/ every N iters")
@@ -74,25 +84,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainConfig:
-    """TrainConfig from the flags: a preset + overrides, or a recorded run for --resume."""
+    """TrainConfig from the flags: a preset + overrides, a run folder's config.json for --run, or
+    a recorded run for --resume. ValueError says what is wrong and what to do instead."""
     from trainers.data import default_data
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
+    if args.run:
+        if args.name or args.root:
+            raise ValueError("--run names the run folder already; drop --name and --root")
+        run_dir = Path(args.run).expanduser().resolve()
+        args.name, args.root = validate_run_name(run_dir.name), str(run_dir.parent)
+        if not args.resume:
+            return from_run_folder(run_dir, given, world_size, rank)
     if args.resume:
         if not args.name:
             raise ValueError("--resume needs --name of the run to continue")
         run_dir = runs.run_path(args.name, args.root)
         if rank == 0:
-            st = runs.status(args.name, args.root) if run_dir.is_dir() else {"state": "unknown"}
-            if st["state"] in runs.LIVE_STATES and st.get("pid") not in (None, os.getpid()):
-                raise ValueError(f"run {args.name!r} is {st['state']} (pid {st['pid']}); stop it first")
+            st = refuse_live(args.name, args.root)
             if st["state"] != "starting":  # not launched by runs.resume: a stale STOP must go
                 (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
             if run_dir.is_dir():
                 runs.recover_latest(run_dir)
-        rc = runs.read_json(run_dir / "config.json")
-        if rc is None or not (run_dir / "latest").is_dir():
+        rc = runs.read_json(run_dir / RUN_CONFIG_FILE)
+        if rc is None or not latest_dir(run_dir).is_dir():
             raise ValueError(f"no resumable run {args.name!r} in {run_dir.parent} (no config.json "
                              "or latest/); start it without --resume")
         fixed = sorted(set(given) - RESUME_OVERRIDABLE)
@@ -100,9 +116,9 @@ def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainCo
             flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
             raise ValueError(f"--resume keeps the run's recorded settings; drop {flags} (only "
                              "--max-iters, --threads, --device, --compile and intervals may change)")
-        cfg = replace(TrainConfig.from_dict(rc["train"]), **{**given, "root": str(run_dir.parent)})
-        latest = runs.read_json(run_dir / "latest" / "config.json") or {}
-        at = int((latest.get("meta") or {}).get("iter", 0))
+        cfg = replace(TrainConfig.from_dict(rc["train"]),
+                      **{**given, "name": args.name, "root": str(run_dir.parent)})
+        at = runs.latest_iter(run_dir) or 0
         if cfg.max_iters <= at:
             raise ValueError(f"run {args.name!r} is already at iter {at}; pass --max-iters > {at}")
     else:
@@ -112,12 +128,48 @@ def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainCo
             cfg.data = os.path.abspath(os.path.expanduser(cfg.data))
         cfg.name = validate_run_name(cfg.name or runs.default_name(cfg))
         run_dir = runs.run_path(cfg.name, args.root)
-        if (run_dir / "config.json").exists() or (run_dir / "latest").exists():
+        if (run_dir / RUN_CONFIG_FILE).exists() or latest_dir(run_dir).exists():
             raise ValueError(f"a run named {cfg.name!r} already exists in {run_dir.parent}; pick "
                              f"another --name, or continue it with --resume --name {cfg.name}")
         cfg.root = str(run_dir.parent)
     cfg.threads = cfg.threads or default_threads(world_size)
     return cfg
+
+
+def from_run_folder(run_dir: Path, given: dict[str, Any], world_size: int, rank: int) -> TrainConfig:
+    """The config a prepared, not yet trained run folder holds (read_run_config). Its settings
+    are the file's alone: a flag beside --run would make the folder lie about how it was trained."""
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
+        raise ValueError(f"--run takes every setting from {run_dir / RUN_CONFIG_FILE}; drop {flags}")
+    if latest_dir(run_dir).exists():
+        raise ValueError(f"{run_dir} has been trained already; continue it with --run {run_dir} "
+                         "--resume, or start a new run")
+    if rank == 0 and run_dir.is_dir():
+        refuse_live(run_dir.name, run_dir.parent)
+    cfg = read_run_config(run_dir)
+    cfg.threads = cfg.threads or default_threads(world_size)
+    return cfg
+
+
+def refuse_live(name: str, root: str | os.PathLike | None) -> dict[str, Any]:
+    """The run's status; ValueError when another process is training it (one writer per run)."""
+    run_dir = runs.run_path(name, root)
+    st = runs.status(name, root) if run_dir.is_dir() else {"state": "unknown"}
+    if st["state"] in runs.LIVE_STATES and st.get("pid") not in (None, os.getpid()):
+        raise ValueError(f"run {name!r} is {st['state']} (pid {st['pid']}); stop it first")
+    return st
+
+
+def report_refusal(run_dir: Path, message: str) -> None:
+    """Record why this process refused a run it was launched for (trainers.runs put it in state
+    "starting") as state "failed", so the app shows the reason instead of "the process is gone".
+    Any other status, a live run's above all, is left as it is."""
+    path = run_dir / "status.json"
+    st = runs.read_json(path)
+    if st and st.get("state") == "starting" and st.get("pid") in (None, os.getpid()):
+        runs.write_json_atomic(path, dict(st, state="failed", pid=os.getpid(), message=message,
+                                          updated_at=runs._now(), updated_ts=time.time()))
 
 
 class ConsoleCallbacks:
@@ -166,16 +218,24 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    run_dir = Path(args.run).expanduser().resolve() if args.run else None
     try:
         cfg = make_config(args, world_size, rank)
-        torch.set_num_threads(cfg.threads)
         con = ConsoleCallbacks(cfg.max_iters)
         cb = Callbacks(on_log=con.on_log, on_eval=con.on_eval, on_message=con.message)
-        trainer = Trainer(cfg, callbacks=cb, resume=args.resume)
+        try:
+            trainer = Trainer(cfg, callbacks=cb, resume=args.resume)  # this path's one check of cfg
+        except ValueError as e:
+            if run_dir and not args.resume:  # the settings came from a file: name it
+                raise ValueError(f"{run_dir / RUN_CONFIG_FILE}: {e}") from None
+            raise
         con.trainer = trainer
     except ValueError as e:
+        if run_dir and rank == 0:
+            report_refusal(run_dir, f"refused: {e}"[:2000])
         print(f"error: {e}", file=sys.stderr)
         return 2
+    torch.set_num_threads(cfg.threads)  # (after the check: a file's threads may not be a number)
 
     def on_signal(signum: int, _frame: Any) -> None:
         if signum == signal.SIGINT and trainer._stop_flag:

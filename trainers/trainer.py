@@ -29,7 +29,8 @@ from gpt import checkpoint as ckpt  # module access, so tests can monkeypatch ck
 from gpt.config import GPTConfig
 from gpt.model import GPT
 from trainers import runs
-from trainers.config import TrainConfig, check_config, get_lr, is_snapshot_iter, resolve_device
+from trainers.config import (TrainConfig, check_config, get_lr, is_snapshot_iter, resolve_device,
+                             vocab_bound)
 from trainers.data import Corpus, default_data
 from trainers.engine import Engine
 from trainers.step import DeferredStep
@@ -117,10 +118,11 @@ class Trainer:
         self.last_train: float | None = None
         run_cfg = runs.read_json(self.run_dir / "config.json") if self.resumed else None
         if self.resumed:
-            if run_cfg is None or not (self.run_dir / "latest").is_dir():
+            latest = ckpt.latest_dir(self.run_dir)
+            if run_cfg is None or not latest.is_dir():
                 raise ValueError(f"cannot resume {cfg.name!r}: {self.run_dir} has no config.json "
                                  "or latest/ checkpoint")
-            model, tok, meta = ckpt.load(self.run_dir / "latest", device=self.device)
+            model, tok, meta = ckpt.load(latest, device=self.device)
             self.model_cfg = model.config
             self.start_iter = int(meta.get("iter", 0))
             self.best_val = meta.get("best_val_loss") or math.inf
@@ -129,7 +131,7 @@ class Trainer:
             src = run_cfg.get("data") or {}
             data = src.get("path") if src.get("name") == "file" else src.get("name", cfg.data)
             self.corpus = Corpus.load(data, tok, model.config.block_size, log=self._say)
-            opt_state = ckpt.load_optimizer_state(self.run_dir / "latest")
+            opt_state = ckpt.load_optimizer_state(latest)
         else:
             self.corpus = Corpus.load(cfg.data or default_data(), cfg.tokenizer,
                                       (self.model_cfg or cfg.model_config(65)).block_size,
@@ -137,8 +139,9 @@ class Trainer:
             tok = self.corpus.tokenizer
             self.model_cfg = replace(self.model_cfg or cfg.model_config(tok.vocab_size),
                                      vocab_size=tok.vocab_size)
-            check_config(cfg, vocab_size=tok.vocab_size, device=self.device,
-                         world_size=self.world_size)
+            if tok.vocab_size > vocab_bound(cfg):  # __init__'s check assumed a smaller vocabulary
+                check_config(cfg, vocab_size=tok.vocab_size, device=self.device,
+                             world_size=self.world_size)
             torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
             model, opt_state = GPT(self.model_cfg), None
         self.tokenizer = tok
@@ -169,11 +172,12 @@ class Trainer:
         if not self.master:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if run_cfg is None:
+        if run_cfg is None:  # a new run: runs.start may have written {"train", "created_at"}
+            started = runs.read_json(self.run_dir / "config.json") or {}
             run_cfg = {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict(),
                        "data": self.corpus.source, "tokenizer": self.tokenizer.to_dict(),
                        "world_size": self.world_size, "device": self.device,
-                       "created_at": runs._now()}
+                       "created_at": started.get("created_at") or runs._now()}
         else:  # a resumed run may go further, with other threads; the rest stays as recorded
             run_cfg["train"].update(max_iters=self.cfg.max_iters, threads=self.cfg.threads)
             self._truncate_metrics()
@@ -197,11 +201,12 @@ class Trainer:
         os.replace(tmp, self.run_dir / "metrics.jsonl")
 
     # -- checkpoints and evaluation ---------------------------------------------------------------
-    def _save(self, sub: str, it: int, with_optimizer: bool) -> None:
+    def _save(self, folder: Path, it: int, with_optimizer: bool) -> None:
+        """Write a checkpoint of now at `folder` (one of gpt.checkpoint's run-layout folders)."""
         meta = {"iter": it, "val_loss": self.last_val, "train_loss": self.last_train,
                 "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
                 "run": self.cfg.name, "elapsed_s": round(self._elapsed(), 3)}
-        path = ckpt.save(self.run_dir / sub, self.raw_model, self.tokenizer, meta=meta,
+        path = ckpt.save(folder, self.raw_model, self.tokenizer, meta=meta,
                          optimizer=self.optimizer if with_optimizer else None)
         if self.cb.on_checkpoint:
             self.cb.on_checkpoint(Path(path))
@@ -234,9 +239,9 @@ class Trainer:
         self.last_val = losses["val"]
         improved = losses["val"] < self.best_val
         self.best_val = min(self.best_val, losses["val"])
-        self._save("latest", it, with_optimizer=True)
+        self._save(ckpt.latest_dir(self.run_dir), it, with_optimizer=True)
         if improved:
-            self._save("best", it, with_optimizer=False)
+            self._save(ckpt.best_dir(self.run_dir), it, with_optimizer=False)
         self._write_status(iter=it, val_loss=self.last_val, best_val_loss=self.best_val)
         return True
 
@@ -287,7 +292,7 @@ class Trainer:
                     if bad:
                         return self._fail(it, math.nan)
                 if self.master and cfg.snapshots and (is_snapshot_iter(it) or it == cfg.max_iters):
-                    self._save(f"snapshots/iter_{it:07d}", it, with_optimizer=False)
+                    self._save(ckpt.snapshot_dir(self.run_dir, it), it, with_optimizer=False)
             if it >= cfg.max_iters:
                 self._write_status("finished", iter=it, message=f"finished at iter {it}", eta_s=0)
                 return self.status
@@ -332,9 +337,9 @@ class Trainer:
                 t_log, it_log = 0.0, it
             if stop:
                 if self.master:
-                    self._save("latest", it, with_optimizer=True)
+                    self._save(ckpt.latest_dir(self.run_dir), it, with_optimizer=True)
                     if cfg.snapshots:
-                        self._save(f"snapshots/iter_{it:07d}", it, with_optimizer=False)
+                        self._save(ckpt.snapshot_dir(self.run_dir, it), it, with_optimizer=False)
                 msg = f"stopped at iter {it}; resume to continue"
                 self._say(msg)
                 self._write_status("stopped", iter=it, message=msg, eta_s=None)
@@ -368,9 +373,9 @@ class Trainer:
         return bool(flags[0] > 0), bool(flags[1] > 0)
 
     def _fail(self, it_bad: int, loss: float) -> dict[str, Any]:
-        good = (runs.read_json(self.run_dir / "latest" / "config.json") or {}).get("meta", {})
+        good = runs.latest_iter(self.run_dir)
         msg = (f"diverged at iter {it_bad} (loss {loss:.4g}); the last good checkpoint "
-               f"is latest/ at iter {good.get('iter', '?')}; try a lower --lr")
+               f"is latest/ at iter {'?' if good is None else good}; try a lower --lr")
         self._say(msg)
         self._write_status("failed", iter=it_bad, message=msg)
         return self.status

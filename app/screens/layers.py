@@ -1,6 +1,8 @@
 """Layers page: the residual stream's norm through the layers, the logit lens, and the embeddings.
 
-Widgets and layout only; the figures come from app.views.layers.build.
+The template for an inspector page: widgets and layout only. One call builds the Inspection (the
+prompt box, the model, the cached recording of the names this page reads); one call turns it and
+the page's own choices into figures (app.views.layers.build); the rest places them.
 """
 from __future__ import annotations
 
@@ -10,35 +12,30 @@ import streamlit as st
 
 from app import components, resources
 from app.views import layers as vl
-from app.views.tokens import token_strs, unique_labels
 
 NORM_KEY, LENS_KEY = "layers_norm", "layers_lens_start"
 LENS_WIDTH = 32  # positions in the logit-lens table at once: enough to read the token in each cell
+ss = st.session_state
 
+
+def lens_start(T: int, width: int, where: st.delta_generator.DeltaGenerator) -> int:
+    """The first position of the logit-lens window (a slider once the prompt is wider than it)."""
+    if T <= width:
+        return 0
+    if not 0 <= int(ss.get(LENS_KEY, 0)) <= T - width:  # a shorter prompt than before
+        ss[LENS_KEY] = T - width
+    return where.slider(f"Logit lens: first of {width} positions", 0, T - width, key=LENS_KEY)
 
 
 st.title("Layers")
-loaded = resources.require_model()
-p = components.prompt_box(loaded, vl.NAMES)
-ids = list(p.ids)
-T = len(ids)
-strs = token_strs(loaded.tokenizer.token_str, ids)
-labels = unique_labels(strs)
-
+t0 = time.perf_counter()
+insp = components.inspection(vl.NAMES)
 c1, c2 = st.columns([3, 2])
 choice = c1.radio("Residual-stream quantity", list(vl.NORM_CHOICES), key=NORM_KEY, horizontal=True)
-width = min(LENS_WIDTH, T)
-start = 0
-if T > width:
-    ss = st.session_state
-    if not 0 <= int(ss.get(LENS_KEY, 0)) <= T - width:  # a shorter prompt than before
-        ss[LENS_KEY] = T - width
-    start = c2.slider(f"Logit lens: first of {width} positions", 0, T - width, key=LENS_KEY)
-
-t0 = time.perf_counter()
-rec = resources.trace(loaded, tuple(ids), vl.NAMES)
-view = vl.build(loaded.model, rec, ids, strs, loaded.tokenizer.token_str, vl.NORM_CHOICES[choice],
-                vl.lens_window(T, start, width))
+width = min(LENS_WIDTH, insp.T)
+start = lens_start(insp.T, width, c2)
+view = vl.build(insp, vl.NORM_CHOICES[choice], vl.lens_window(insp.T, start, width),
+                resources.model_views(insp.loaded))
 ms = (time.perf_counter() - t0) * 1000
 
 st.subheader("Residual stream norm")
@@ -50,7 +47,7 @@ st.subheader("Logit lens")
 st.caption("Each block's residual stream read out as if it were the last: through the final LayerNorm "
            "(with that residual's own statistics) and the unembedding. Cells show the top guess for the "
            "next token, colored by its probability; hover for the top 5. "
-           f"Positions {start}…{start + width - 1} of {T}.")
+           f"Positions {start}…{start + width - 1} of {insp.T}.")
 st.plotly_chart(view.lens, width="stretch", key="layers_lens_fig")
 
 st.subheader("Embeddings")

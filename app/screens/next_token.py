@@ -9,24 +9,19 @@ import time
 
 import streamlit as st
 
-from app import components, resources
+from app import components
 from app.views import tokens as vt
 
 POS_KEY, TEMP_KEY, K_KEY = "nt_pos", "nt_temperature", "nt_k"
-
-
+ss = st.session_state
 
 st.title("Next token")
-loaded = resources.require_model()
-p = components.prompt_box(loaded, vt.NAMES)
-ids = list(p.ids)
-T = len(ids)
-strs = vt.token_strs(loaded.tokenizer.token_str, ids)
-labels = vt.unique_labels(strs)
-ss = st.session_state
-if ss.get("_nt_ids") != hash(p.ids) or not 0 <= int(ss.get(POS_KEY, -1)) < T:
+t0 = time.perf_counter()
+insp = components.inspection(vt.NAMES)
+T, labels = insp.T, insp.labels
+if ss.get("_nt_ids") != hash(insp.ids) or not 0 <= int(ss.get(POS_KEY, -1)) < T:
     ss[POS_KEY] = T - 1  # a new prompt: start at its last position (what comes after the prompt)
-    ss["_nt_ids"] = hash(p.ids)
+    ss["_nt_ids"] = hash(insp.ids)
 
 c1, c2, c3 = st.columns([2, 2, 1])
 pos = c1.selectbox("Position", range(T), format_func=lambda i: f"after {labels[i]}", key=POS_KEY,
@@ -34,10 +29,7 @@ pos = c1.selectbox("Position", range(T), format_func=lambda i: f"after {labels[i
 temperature = c2.slider("Temperature", 0.0, 2.0, 1.0, 0.05, key=TEMP_KEY,
                         help="Logits are divided by it before the softmax; 0 is greedy (all mass on the top token).")
 k = c3.number_input("Top k shown", 3, 50, 10, key=K_KEY)
-
-t0 = time.perf_counter()
-rec = resources.trace(loaded, tuple(ids), vt.NAMES)
-view = vt.build_next_token(rec["logits"], ids, strs, loaded.tokenizer.token_str, pos, temperature, int(k))
+view = vt.build_next_token(insp, pos, temperature, int(k))
 ms = (time.perf_counter() - t0) * 1000
 
 st.subheader("How expected was each token?")

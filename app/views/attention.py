@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from torch.nn import functional as F
 
-from app.views.tokens import attention_bar_figure, attention_html, light_figure, unique_labels
-from gpt.analysis import head_scores_from_pattern
+from app.views.events import int_fields, last_selected
+from app.views.tokens import attention_bar_figure, attention_html, light_figure
+from gpt.heads import head_scores_from_pattern, pool_patterns
+
+if TYPE_CHECKING:
+    from app.inspection import Inspection
 
 # what the page records: compact recording stores only the scores and derives the pattern
 NAMES = ("blocks.*.attn.hook_attn_scores", "blocks.*.attn.hook_pattern")
@@ -70,15 +73,6 @@ def grid_side(T: int, n_maps: int, max_side: int = GRID_MAX_SIDE, max_cells: int
     """Cells a side of each small heatmap: at most T, max_side, and sqrt(max_cells / n_maps)."""
     side = int((max_cells / max(1, n_maps)) ** 0.5)
     return max(1, min(T, max_side, side))
-
-
-def pool_patterns(patterns: torch.Tensor, side: int) -> torch.Tensor:
-    """Average-pool (L, H, T, T) to (L, H, side, side); each cell is the mean weight of its block."""
-    L, H, T, _ = patterns.shape
-    if side >= T:
-        return patterns.float()
-    x = patterns.float().reshape(L * H, 1, T, T)  # (L*H, 1, T, T): one channel per head
-    return F.adaptive_avg_pool2d(x, side).reshape(L, H, side, side)
 
 
 def grid_frame(patterns: torch.Tensor, side: int | None = None) -> pd.DataFrame:
@@ -164,22 +158,10 @@ def grid_pick(event: Any, n_layer: int, n_head: int) -> tuple[int, int] | None:
     Accepts the event itself, its .selection, or the point list. None when nothing (valid) is
     selected: no click yet, a cleared selection, or indices outside this model (a stale click
     from another model)."""
-    points: Any = event
-    for key in ("selection", GRID_PARAM):  # unwrap event -> selection -> point list, if wrapped
-        inner = points.get(key) if isinstance(points, Mapping) else getattr(points, key, None)
-        if inner is not None:
-            points = inner
-    if isinstance(points, Mapping):  # a single point given as a dict
-        points = [points]
-    if not isinstance(points, (list, tuple)) or not points:
+    got = int_fields(last_selected(event, GRID_PARAM), "layer", "head")
+    if got is None:
         return None
-    p = points[-1]
-    if not isinstance(p, Mapping):
-        return None
-    try:
-        layer, head = int(p["layer"]), int(p["head"])
-    except (KeyError, TypeError, ValueError):
-        return None
+    layer, head = got
     if not (0 <= layer < n_layer and 0 <= head < n_head):
         return None
     return layer, head
@@ -224,16 +206,8 @@ def uniform_entropy(T: int) -> float:
     return sum(math.log2(t + 1) for t in range(1, T)) / max(1, T - 1)
 
 
-def prompt_head_scores(patterns: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """gpt.analysis.head_scores_from_pattern for every layer of patterns (L, H, T, T) (or a list of
-    L (H, T, T)): {"entropy" (bits), "prev_token", "first_token"} -> (L, H). No extra forward
-    (head_scores' induction pass is opt-in on the page)."""
-    per = [head_scores_from_pattern(p) for p in patterns]  # L dicts of (H,)
-    return {k: torch.stack([d[k] for d in per]) for k in ("entropy", "prev_token", "first_token")}
-
-
 def induction_figure(induction: torch.Tensor, selected: tuple[int, int] | None = None) -> go.Figure:
-    """Heatmap of induction scores (L, H) (gpt.analysis.head_scores(...).induction)."""
+    """Heatmap of induction scores (L, H) (gpt.heads.head_scores(...).induction)."""
     L, H = induction.shape
     trace = dict(type="heatmap", z=induction.detach().float().cpu().numpy(), x=[f"H{h}" for h in range(H)],
                  y=[f"L{l}" for l in range(L)], colorscale="Purples", zmin=0.0, texttemplate="%{z:.2f}",
@@ -263,13 +237,12 @@ class AttentionView:
     selected_scores: dict[str, float]  # the open head's entry of each summary
 
 
-def build(rec: Any, n_layer: int, n_head: int, layer: int, head: int, query: int,
-          strs: Sequence[str]) -> AttentionView:
-    """All of the page's figures from a recording holding blocks.*.attn.hook_attn_scores and
-    hook_pattern (batch 1) of the tokens whose display strings are `strs`. One function, so the
-    page and bench/bench_pages.py time exactly the same work."""
-    labels = unique_labels(strs)
-    T = len(strs)
+def build(insp: "Inspection", query: int) -> AttentionView:
+    """All of the page's figures for the Inspection's layer and head and the chosen `query`, from
+    its recording of NAMES (batch 1). One function, so the page and bench/bench_pages.py time
+    exactly the same work."""
+    rec, strs, labels, T = insp.rec, insp.strs, insp.labels, insp.T
+    n_layer, n_head, layer, head = insp.config.n_layer, insp.config.n_head, insp.layer, insp.head
     side = grid_side(T, n_layer * n_head)
     # one layer at a time: all of GPT-2's patterns at T=1024 would be 600 MB in float32
     pooled, per, opened = [], [], torch.empty(0)

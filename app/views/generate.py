@@ -1,110 +1,22 @@
-"""Generate-page logic and figures: the session's generation state, the text so far, each step's
-distribution and the attention of the query that predicted the new token.
+"""Generate-page figures: the text so far, each step's distribution and the attention of the
+query that predicted the new token.
 
-Pure (no Streamlit). The page keeps one `GenState` in st.session_state["gen"] (as a dict, so the
-shared key stays plain data) and a gpt.generate.Generator beside it; `sync_generator` decides when
-that Generator must be rebuilt (another model, prompt or settings) and carries the sequence over.
+Pure (no Streamlit, no state): they read an app.generation.GenState (the sequence and its Steps),
+which app.generation.GenerationSession keeps for the page.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import plotly.graph_objects as go
 import torch
 
 from app.views.tokens import distribution_figure, esc, light_figure, prob_color, unique_labels
-from gpt.generate import Generator, Step
+from gpt.generate import Step
 
-
-KEEP_ATTENTION = 32  # generated steps whose attention rows stay in the session (for Back)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Sampling settings; top_k 0 and top_p 1.0 mean "off" (the widgets' neutral values)."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 1337
-
-    def generator_kwargs(self) -> dict[str, Any]:
-        return {"temperature": float(self.temperature), "top_k": int(self.top_k) or None,
-                "top_p": None if self.top_p >= 1.0 else float(self.top_p), "seed": int(self.seed)}
-
-
-@dataclass
-class GenState:
-    """What survives reruns: which model and prompt, the settings, the sequence, and per generated
-    token its Step (distribution, attention) and how long the step took."""
-
-    ref: str = ""
-    prompt: tuple[int, ...] = ()
-    settings: Settings = field(default_factory=Settings)
-    ids: list[int] = field(default_factory=list)
-    steps: list[Step] = field(default_factory=list)
-    ms: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        # shallow on purpose: asdict would deep-copy every Step's tensors on each rerun
-        return {"ref": self.ref, "prompt": self.prompt, "settings": self.settings, "ids": list(self.ids),
-                "steps": list(self.steps), "ms": list(self.ms)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "GenState":
-        if not d:
-            return cls()
-        return cls(ref=d.get("ref", ""), prompt=tuple(d.get("prompt", ())), settings=d.get("settings", Settings()),
-                   ids=list(d.get("ids", [])), steps=list(d.get("steps", [])), ms=list(d.get("ms", [])))
-
-    @property
-    def n_new(self) -> int:
-        return len(self.ids) - len(self.prompt)
-
-
-def sync_generator(gen: Generator | None, state: GenState, model: torch.nn.Module, ref: str,
-                   prompt: Sequence[int], settings: Settings) -> tuple[Generator, GenState]:
-    """The Generator and state to use on this rerun.
-
-    - another model or prompt: start over from the prompt (generated tokens dropped);
-    - other settings: a new Generator with them that keeps the tokens so far (its cache refills
-      lazily on the next step);
-    - no Generator (first visit, or lost): rebuilt from state.ids;
-    - otherwise the same objects."""
-    prompt = tuple(int(i) for i in prompt)
-    if state.ref != ref or state.prompt != prompt:
-        state = GenState(ref=ref, prompt=prompt, settings=settings, ids=list(prompt))
-        gen = None
-    elif state.settings != settings:
-        state.settings = settings
-        gen = None
-    if gen is None or gen.model is not model or list(gen.ids) != state.ids:
-        gen = Generator(model, prompt, record=True, **settings.generator_kwargs())
-        gen.ids = list(state.ids)  # lazy: the next step forwards whatever the cache lacks
-    return gen, state
-
-
-def record_step(state: GenState, step: Step, ms: float) -> None:
-    """Append a step's result (the Generator already appended the token to its ids). What the page
-    never shows is not kept: the raw logits (V floats per step), and the attention rows of all but
-    the last KEEP_ATTENTION steps (L*H*T floats each: 0.6 MB per GPT-2 step at T=1024)."""
-    state.ids.append(step.token)
-    state.steps.append(replace(step, logits=step.logits[:0]))
-    state.ms.append(ms)
-    old = len(state.steps) - 1 - KEEP_ATTENTION
-    if old >= 0 and state.steps[old].attention is not None:
-        state.steps[old] = replace(state.steps[old], attention=None)
-
-
-def undo_step(state: GenState) -> None:
-    """Forget the last generated token (never the prompt)."""
-    if state.n_new <= 0:
-        raise ValueError("nothing to undo: only the prompt is left")
-    state.ids.pop()
-    if state.steps:
-        state.steps.pop()
-        state.ms.pop()
+if TYPE_CHECKING:
+    from app.generation import GenState
 
 
 def sequence_html(token_strs: Sequence[str], n_prompt: int, steps: Sequence[Step]) -> str:
@@ -173,7 +85,7 @@ class GenerateView:
     alternatives: list[tuple[int, str, float, bool]]
 
 
-def build(state: GenState, token_str: Callable[[int], str]) -> GenerateView:
+def build(state: "GenState", token_str: Callable[[int], str]) -> GenerateView:
     """The page's figures for `state` (the last step's distribution and attention, if any)."""
     strs = [token_str(i) for i in state.ids]
     text = sequence_html(strs, len(state.prompt), state.steps)

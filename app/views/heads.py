@@ -13,7 +13,9 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
-# score key -> column label, in display order (keys of gpt.analysis.HeadScores / head_table rows)
+from app.views.events import last_selected
+
+# score key -> column label, in display order (keys of gpt.heads.HeadScores / head_table rows)
 SCORES: dict[str, str] = {
     "prev_token": "previous-token",
     "induction": "induction",
@@ -43,8 +45,8 @@ def parse_head_id(text: Any) -> tuple[int, int] | None:
 
 
 def score_tensors(scores: Any) -> dict[str, torch.Tensor]:
-    """{score key: (L, H) float tensor} from a gpt.analysis.HeadScores, or a mapping of some of
-    SCORES' keys to (L, H) tensors (e.g. app.views.attention.prompt_head_scores' dict). Keys
+    """{score key: (L, H) float tensor} from a gpt.heads.HeadScores, or a mapping of some of
+    SCORES' keys to (L, H) tensors (e.g. gpt.heads.prompt_head_scores' dict). Keys
     outside SCORES are ignored; every tensor must have the same (L, H) shape."""
     items = scores.items() if isinstance(scores, Mapping) else \
         ((k, getattr(scores, k, None)) for k in SCORES)
@@ -96,15 +98,8 @@ def pick_row(event: Any, frame: pd.DataFrame) -> tuple[int, int] | None:
     {"selection": {"rows": [i], ...}}, its .selection, or the row list. Streamlit reports rows by
     their position in `frame` as passed, even after the user re-sorts the table by a header click.
     None when no row (or an out-of-range row, e.g. a stale event from a smaller model) is selected."""
-    rows: Any = event
-    for key in ("selection", "rows"):
-        inner = rows.get(key) if isinstance(rows, Mapping) else getattr(rows, key, None)
-        if inner is not None:
-            rows = inner
-    if not isinstance(rows, Sequence) or isinstance(rows, str) or not rows:
-        return None
     try:
-        i = int(rows[-1])
+        i = int(last_selected(event, "rows"))
     except (TypeError, ValueError):
         return None
     if not 0 <= i < len(frame):

@@ -4,16 +4,18 @@ Pure functions (no Streamlit): tensors from gpt.analysis in, plotly figures out.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import plotly.graph_objects as go
 import torch
 from torch.nn import functional as F
 
-from app.views.tokens import light_figure, unique_labels
+from app.views.tokens import light_figure
 from gpt.analysis import NEEDS, embedding_pca, logit_lens, position_similarity, residual_norms
+
+if TYPE_CHECKING:
+    from app.inspection import Inspection
 
 NAMES = tuple(NEEDS["residual_norms"])  # what the page records (covers the logit lens too)
 # radio label -> key of gpt.analysis.residual_norms
@@ -24,9 +26,6 @@ NORM_CHOICES = {
     "attention output": "attn_out",
     "MLP output": "mlp_out",
 }
-# per model object: what does not depend on the prompt (app models are read-only once loaded)
-_PER_MODEL: weakref.WeakKeyDictionary[torch.nn.Module, tuple[torch.Tensor, torch.Tensor, go.Figure]] = \
-    weakref.WeakKeyDictionary()
 MAX_SIM_SIDE = 256  # the position-similarity matrix is pooled to at most this many cells a side
 TEXT_MAX_POSITIONS = 48  # cell text (token strings) only while it can still be read
 
@@ -157,31 +156,29 @@ class LayersView:
     positions: go.Figure
 
 
-def build(model: torch.nn.Module, rec: Any, ids: Sequence[int], strs: Sequence[str],
-          token_str: Callable[[int], str], norm_key: str, lens_positions: Sequence[int]) -> LayersView:
-    """All of the page's figures from a recording of gpt.analysis.NEEDS["residual_norms"] (which
-    covers the logit lens). One function, so the page and bench/bench_pages.py time the same work."""
-    labels = unique_labels(strs)
-    L = model.config.n_layer
-    norms = residual_norms(rec, L)
-    lens = logit_lens(model, rec, k=5, positions=list(lens_positions), ids=ids)
-    coords, ratio, positions = model_views(model)
+ModelViews = tuple[torch.Tensor, torch.Tensor, go.Figure]  # PCA coords (V, 2), explained ratio (2,), figure
+
+
+def build(insp: "Inspection", norm_key: str, lens_positions: Sequence[int], per_model: ModelViews) -> LayersView:
+    """All of the page's figures from an Inspection recording NAMES (which covers the logit lens),
+    and `per_model`, model_views() of its model (app.resources caches it: it does not depend on the
+    prompt). One function, so the page and bench/bench_pages.py time the same work."""
+    model, ids, labels = insp.model, insp.ids, insp.labels
+    norms = residual_norms(insp.rec, model.config.n_layer)
+    lens = logit_lens(model, insp.rec, k=5, positions=list(lens_positions), ids=ids)
+    coords, ratio, positions = per_model
     shown = embedding_ids(model.config.vocab_size, ids)
     return LayersView(
         norm=norm_figure(norms, norm_key, labels),
         lens=logit_lens_figure(lens.top_ids, lens.top_probs, lens.layers, [labels[p] for p in lens.positions],
-                               token_str, lens.target_probs),
-        embeddings=embedding_figure(coords, ratio, shown, token_str, highlight=ids),
+                               insp.token_str, lens.target_probs),
+        embeddings=embedding_figure(coords, ratio, shown, insp.token_str, highlight=ids),
         positions=positions,
     )
 
 
-def model_views(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, go.Figure]:
+def model_views(model: torch.nn.Module) -> ModelViews:
     """(embedding PCA coords, explained ratio, position-similarity figure) of `model`: they depend
-    on its weights only, so a prompt change reuses them (computed once per model object). Callers
-    must not change a model's weights after loading it, as the app never does."""
-    got = _PER_MODEL.get(model)
-    if got is None:
-        coords, ratio = embedding_pca(model)
-        got = _PER_MODEL[model] = (coords, ratio, position_similarity_figure(position_similarity(model)))
-    return got
+    on its weights only. Uncached here: app.resources.model_views keeps one per checkpoint."""
+    coords, ratio = embedding_pca(model)
+    return coords, ratio, position_similarity_figure(position_similarity(model))

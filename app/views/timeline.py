@@ -1,77 +1,39 @@
-"""Training-timeline figures: which runs have snapshots, one snapshot's view of a prompt (the
-selected head's pattern, the logit lens, the loss, a greedy sample) and every head's scores
-across the snapshots as one line per head.
+"""Training-timeline figures: playing through the snapshots, one snapshot's view of a prompt (the
+selected head's pattern, the logit lens, the loss) and every head's scores across the snapshots
+as one line per head. The losses come from gpt.analysis, the greedy sample from gpt.generate.
 
 Pure functions (no Streamlit): recordings, models and scores in; plotly / Altair figures, frames
-and numbers out. The page (app/screens/timeline.py) caches and lays them out. The per-head
+and numbers out. The page (app/screens/timeline.py) lays them out; which runs have snapshots is app.catalog's business. The per-head
 pattern heatmap and the logit-lens table are the Attention and Layers pages' own figures
 (app.views.attention.pattern_figure, app.views.layers.logit_lens_figure), so a head looks the
 same on every page.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import altair as alt
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
 from app.views.attention import pattern_figure
+from app.views.events import last_selected
 from app.views.heads import SCORES, head_id, parse_head_id, score_tensors
 from app.views.layers import logit_lens_figure
-from app.views.tokens import token_strs, unique_labels
-from gpt.analysis import logit_lens, per_position_loss
-from gpt.checkpoint import list_snapshots
-from gpt.generate import generate
-from gpt.record import Recorder
+from gpt.analysis import logit_lens, prompt_loss
+
+if TYPE_CHECKING:
+    from app.inspection import Inspection
 
 # What one snapshot's view reads from a recording: the patterns (compact: stored as scores),
 # the residual stream for the logit lens, and the logits for the loss.
 NAMES = ("blocks.*.attn.hook_pattern", "blocks.*.hook_resid_pre", "blocks.*.hook_resid_post", "logits")
 PICK_PARAM = "head_pick"  # the history chart's point selection (Streamlit reports it under this name)
-SAMPLE_TOKENS = 40
+SAMPLE_TOKENS = 40  # the page's greedy sample: gpt.generate.greedy_continuation(model, ids, SAMPLE_TOKENS)
 
 
-# -- which runs -------------------------------------------------------------------------------------
-def run_of(ref: str | os.PathLike | None) -> Path | None:
-    """The run folder a checkpoint ref belongs to, if that run has snapshots: the ref itself (a run),
-    its parent (<run>/latest, <run>/best) or grandparent (<run>/snapshots/iter_N). None otherwise."""
-    if not ref:
-        return None
-    p = Path(ref).expanduser()
-    for cand in (p, p.parent, p.parent.parent):
-        if cand.is_dir() and list_snapshots(cand):
-            return cand
-    return None
-
-
-def timeline_runs(bundled: Path | None, current_ref: str | None, runs: Iterable[Path]
-                  ) -> list[tuple[str, str]]:
-    """[(run folder, label)] of every run with at least one snapshot: the bundled model's run first,
-    then the current model's run, then `runs` (e.g. trainers.runs.list_runs' paths, newest first).
-    Each folder appears once; runs without snapshots are left out."""
-    out: list[tuple[str, str]] = []
-    seen: set[Path] = set()
-
-    def add(run: Path | None, label: Callable[[Path], str]) -> None:
-        if run is None:
-            return
-        key = run.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append((str(run), label(run)))
-
-    add(run_of(bundled), lambda r: f"bundled · {r.name}")
-    add(run_of(current_ref), lambda r: f"{r.name} (current model)")
-    for r in runs:
-        add(r if list_snapshots(r) else None, lambda r: r.name)
-    return out
-
-
+# -- playing ---------------------------------------------------------------------------------------
 def next_iter(iters: Sequence[int], current: int | None) -> tuple[int, bool]:
     """The snapshot after `current` for the play button, and whether it is the last one.
     An unknown or missing `current` starts at the first snapshot."""
@@ -95,32 +57,12 @@ class SnapshotView:
     labels: list[str]
 
 
-def prompt_loss(logits: torch.Tensor, ids: Sequence[int]) -> float | None:
-    """Mean cross-entropy of predicting ids[t+1] from position t: GPT.forward(ids[:-1], ids[1:])'s
-    loss, read off the recorded logits (1, T, V) or (T, V) of one forward over all of `ids`."""
-    if logits.dim() == 3:
-        logits = logits[0]  # (T, V)
-    if len(ids) < 2:
-        return None
-    targets = torch.as_tensor(list(ids)[1:], dtype=torch.long)  # (T-1,)
-    return float(per_position_loss(logits[:-1], targets).mean())
-
-
-@torch.no_grad()
-def forward_loss(model: torch.nn.Module, ids: Sequence[int]) -> float | None:
-    """The model's loss on the prompt: GPT.forward(ids[:-1], targets=ids[1:]); None for one token."""
-    if len(ids) < 2:
-        return None
-    idx = torch.tensor([list(ids)], dtype=torch.long)  # (1, T)
-    _, loss = model(idx[:, :-1], idx[:, 1:])
-    return float(loss)
-
-
-def snapshot_view(model: torch.nn.Module, rec: Recorder, ids: Sequence[int], layer: int, head: int,
-                  token_str: Callable[[int], str], k: int = 5) -> SnapshotView:
-    """Figures of one snapshot on the prompt `ids`, from a recording of NAMES. The pattern's color
-    range is fixed to 0..1 so that moving between snapshots compares like with like."""
-    labels = unique_labels(token_strs(token_str, ids))
+def snapshot_view(insp: "Inspection", k: int = 5) -> SnapshotView:
+    """Figures of one snapshot (the Inspection's model) on its prompt, layer and head, from a
+    recording of NAMES. The pattern's color range is fixed to 0..1 so that moving between
+    snapshots compares like with like."""
+    model, rec, ids, labels, token_str = insp.model, insp.rec, insp.ids, insp.labels, insp.token_str
+    layer, head = insp.layer, insp.head
     pattern = rec[f"blocks.{layer}.attn.hook_pattern"][0, head]  # (T, T)
     fig_p = pattern_figure(pattern, labels, title=f"{head_id(layer, head)} attention pattern")
     fig_p.update_traces(zmin=0.0, zmax=1.0, zauto=False)
@@ -129,20 +71,11 @@ def snapshot_view(model: torch.nn.Module, rec: Recorder, ids: Sequence[int], lay
     return SnapshotView(fig_p, fig_l, prompt_loss(rec["logits"], ids), labels)
 
 
-def greedy_continuation(model: torch.nn.Module, ids: Sequence[int], n: int = SAMPLE_TOKENS) -> list[int]:
-    """The `n` tokens greedy decoding (temperature 0) appends to `ids`, conditioned on the last
-    block_size - n of them: then prompt and sample fit one context window and every step is one
-    KV-cached position (past block_size each step would re-encode the whole window, ~10x slower)."""
-    keep = max(1, model.config.block_size - n)
-    ctx = list(ids)[-keep:]
-    return generate(model, ctx, n, temperature=0.0)[len(ctx):]
-
-
 # -- every head across training ---------------------------------------------------------------------
 def history_frame(history: Sequence[tuple[int, Any]], score: str) -> pd.DataFrame:
     """Long table for the history chart: one row per (snapshot, head) with columns iter, head
     ("L0H1"), layer ("L0"), value (the head's `score` at that snapshot). `history` is
-    [(iter, scores)] with scores a gpt.analysis.HeadScores or a {score: (L, H)} mapping."""
+    [(iter, scores)] with scores a gpt.heads.HeadScores or a {score: (L, H)} mapping."""
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {list(SCORES)}")
     rows: dict[str, list[Any]] = {"iter": [], "head": [], "layer": [], "value": []}
@@ -191,16 +124,8 @@ def chart_pick(event: Any, n_layer: int, n_head: int) -> tuple[int, int] | None:
     returns or st.session_state[key] holds: {"selection": {PICK_PARAM: [{"head": "L0H1", ...}]}}
     (also accepted: its .selection, or the point list). None when nothing valid is selected: no
     click yet, a cleared selection, or a head outside this model (a stale click)."""
-    points: Any = event
-    for key in ("selection", PICK_PARAM):
-        inner = points.get(key) if isinstance(points, Mapping) else getattr(points, key, None)
-        if inner is not None:
-            points = inner
-    if isinstance(points, Mapping):
-        points = [points]
-    if not isinstance(points, (list, tuple)) or not points or not isinstance(points[-1], Mapping):
-        return None
-    pick = parse_head_id(points[-1].get("head"))
+    point = last_selected(event, PICK_PARAM)
+    pick = parse_head_id(point.get("head")) if isinstance(point, Mapping) else None
     if pick is None or not (0 <= pick[0] < n_layer and 0 <= pick[1] < n_head):
         return None
     return pick

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import plotly.graph_objects as go
 from plotly.colors import get_colorscale
@@ -17,6 +17,9 @@ import torch
 
 from gpt.analysis import next_token
 from gpt.generate import sampling_distribution
+
+if TYPE_CHECKING:
+    from app.inspection import Inspection
 
 NAMES = ("logits",)  # what the Next-token page records
 # Probability -> background color for token strips: red (surprising) .. yellow .. green (expected),
@@ -187,11 +190,10 @@ class NextTokenView:
     top: list[tuple[str, float]]  # the same as (token string, probability)
 
 
-def build_next_token(logits: torch.Tensor, ids: Sequence[int], strs: Sequence[str],
-                     token_str: Callable[[int], str], pos: int, temperature: float = 1.0,
-                     k: int = 10) -> NextTokenView:
-    """The page's figures from the recorded logits (1, T, V). The strip uses the model's own
-    probabilities (temperature 1); the distribution at `pos` uses `temperature`."""
+def build_next_token(insp: "Inspection", pos: int, temperature: float = 1.0, k: int = 10) -> NextTokenView:
+    """The page's figures from an Inspection recording NAMES (the logits, (1, T, V)). The strip uses
+    the model's own probabilities (temperature 1); the distribution at `pos` uses `temperature`."""
+    logits, ids, strs, token_str = insp.rec["logits"], insp.ids, insp.strs, insp.token_str
     nt = next_token(logits, ids, temperature=1.0, k=1)
     probs: list[float | None] = [None] + nt.actual_prob.tolist()
     top_ids, top_probs, actual = distribution_at(logits, ids, pos, temperature, k)

@@ -1,93 +1,61 @@
-"""What the Train page shows, as pure functions: preset defaults, size/memory/time estimates, the
-runs table, progress (tokens/s, ETA) and the live loss chart (downsampled). No Streamlit here.
-
-Time estimates scale a measured throughput by FLOPs per token: `tokens_per_s(cfg, ref_tps)`
-takes the tokens/s this machine reached on the tiny preset (app.resources.cpu_tokens_per_s,
-measured once per process) and divides by how many times more work a token of `cfg` is (Kaplan et
-al. 2020: 6N + 6·L·T·C FLOPs per training token). Bigger models use the CPU better than the tiny
-one, so the estimate errs long; it is a rough guide, not a promise.
+"""What the Train page shows, as pure functions: the form's fields, the runs table, progress
+(tokens/s, ETA), the live loss chart (downsampled) and when to draw a new sample. No Streamlit
+here, and nothing from trainers/: the page passes in what it read (estimates are trainers.estimate's).
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from gpt.config import GPTConfig
-from trainers.config import PRESETS, TrainConfig, estimate_memory
-from trainers.metrics import SERIES
-
-# the overrides the page offers, in display order: (field, label, kind)
+# the TrainConfig fields the page offers, in display order: (field, label, kind)
 FIELDS = (("n_layer", "Layers", int), ("n_head", "Heads", int), ("n_embd", "Embedding size", int),
           ("block_size", "Context (block_size)", int), ("batch_size", "Batch size", int),
           ("max_iters", "Iterations", int), ("learning_rate", "Learning rate", float),
           ("dropout", "Dropout", float), ("eval_interval", "Eval every", int))
+FIELD_NAMES = tuple(name for name, _label, _kind in FIELDS)
+DATA_SOURCES = {"shakespeare": "Tiny Shakespeare", "python-docs": "Python docs (offline, always there)",
+                "upload": "Upload a .txt"}
+PRESET_HELP = "tiny: seconds; cpu-small: nanoGPT's laptop settings; baby: nanoGPT's shakespeare_char"
+TOKENIZER_HELP = "char: one token per character (small vocabulary); gpt2: GPT-2's BPE (50257 tokens)"
+UPLOAD_FIRST = "Upload a .txt file to train on (or pick a built-in corpus)."
 MAX_POINTS = 1500
-# rough vocabulary sizes before the data is read (for the estimate only)
-VOCAB_GUESS = {"shakespeare": 65, "python-docs": 100}
-GPT2_VOCAB = 50257
 
 
-def preset_values(preset: str) -> dict[str, Any]:
-    """The values of FIELDS for a trainer preset; shape fields it leaves None come from the
-    GPTConfig preset of the same name."""
-    tc: TrainConfig = PRESETS[preset]
-    mc = GPTConfig.preset(preset)
-    out = {}
-    for name, _label, kind in FIELDS:
-        v = getattr(tc, name)
-        out[name] = kind(getattr(mc, name) if v is None else v)
-    return out
+def number_args(name: str, kind: type, default: float) -> dict[str, Any]:
+    """st.number_input arguments for a form field: whole numbers step by 1, the learning rate
+    shows five decimals and steps by 1e-4, other floats (dropout) two decimals and 0.05."""
+    if kind is int:
+        return dict(min_value=0, value=int(default), step=1)
+    lr = name == "learning_rate"
+    return dict(min_value=0.0, value=float(default), format="%.5f" if lr else "%.2f",
+                step=1e-4 if lr else 0.05)
 
 
-def n_params(c: GPTConfig) -> int:
-    """Parameters of GPT(c), counting the tied lm_head once (= GPT.get_num_params(False))."""
-    C, L = c.n_embd, c.n_layer
-    ln = 2 * C if c.bias else C
-    b = 1 if c.bias else 0
-    block = 2 * ln + (3 * C * C + 3 * C * b) + (C * C + C * b) + (4 * C * C + 4 * C * b) + (4 * C * C + C * b)
-    return c.vocab_size * C + c.block_size * C + L * block + ln
+def resume_args(status: dict[str, Any]) -> dict[str, Any]:
+    """st.number_input arguments for "resume until iter": past where the run is, and by default
+    its old target, or twice its iterations when it reached that target."""
+    it, mx = int(status.get("iter") or 0), int(status.get("max_iters") or 0)
+    return dict(min_value=it + 1, value=mx if mx > it else 2 * max(it, 1))
 
 
-def flops_per_token(c: GPTConfig) -> float:
-    """Training FLOPs per token: 6N (N without position embeddings, with the lm_head matmul)
-    plus 6·L·T·C for attention scores (Kaplan et al. 2020)."""
-    n = n_params(c) - c.block_size * c.n_embd
-    return 6.0 * n + 6.0 * c.n_layer * c.block_size * c.n_embd
+def estimate_cells(est: Any) -> list[tuple[str, str]]:
+    """(label, value) of the four estimate metrics, from a trainers.estimate.Estimate."""
+    return [("Parameters", f"{est.params / 1e6:.2f}M"), ("Memory (training)", human_bytes(est.memory_bytes)),
+            ("Rough time", human_duration(est.seconds)), ("Tokens", f"{est.tokens / 1e6:.2f}M")]
 
 
-def tokens_per_s(c: GPTConfig, ref_tps: float, ref: GPTConfig | None = None) -> float:
-    """Training tokens/s expected for `c`, given `ref_tps` measured on `ref` (default: the tiny preset)."""
-    ref = ref or GPTConfig.preset("tiny")
-    return ref_tps * flops_per_token(ref) / flops_per_token(c)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    params: int
-    memory_bytes: int  # weights + grads + AdamW state + activations of one step (fp32)
-    tokens: int  # training tokens over the whole run (eval not counted)
-    tokens_per_s: float
-    seconds: float  # training plus evaluation
-
-
-def estimate(model_cfg: GPTConfig, train: TrainConfig, ref_tps: float) -> Estimate:
-    """Size, memory and rough duration of a run. Evaluation runs 2·eval_iters forward-only batches
-    (a third of a training step each) at every eval_interval."""
-    p_bytes, a_bytes = estimate_memory(model_cfg, train.batch_size)
-    per_iter = train.batch_size * train.grad_accum * model_cfg.block_size
-    tokens = train.max_iters * per_iter
-    tps = max(tokens_per_s(model_cfg, ref_tps), 1e-9)
-    evals = train.max_iters // train.eval_interval + 1
-    eval_tokens = evals * 2 * train.eval_iters * train.batch_size * model_cfg.block_size / 3
-    return Estimate(params=n_params(model_cfg), memory_bytes=p_bytes + a_bytes, tokens=tokens,
-                    tokens_per_s=tps, seconds=(tokens + eval_tokens) / tps)
+def estimate_caption(ref_tps: float, tps: float) -> str:
+    return (f"Time is scaled from this machine's measured speed on the tiny model ({ref_tps:,.0f} tok/s) "
+            f"by FLOPs per token; about {tps:,.0f} tok/s expected here. A rough guide.")
 
 
 def human_bytes(n: float) -> str:
+    """512 -> "512 B", 3 * 2**20 -> "3.0 MiB"; GiB is the largest unit."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -147,6 +115,20 @@ def progress(status: dict[str, Any], logged_tokens_per_s: float | None = None) -
                     tokens_per_s=tps, eta_s=eta)
 
 
+def status_caption(state: str, prog: Progress, points: int, live: bool) -> str:
+    """The live panel's one-line summary (tests/e2e read it: "<state> · iter i / n · p points")."""
+    tps = f"{prog.tokens_per_s:,.0f} tok/s" if prog.tokens_per_s else "— tok/s"
+    return (f"**{state}** · iter {prog.iter} / {prog.max_iters} · {points} points · {tps} · "
+            f"ETA {human_duration(prog.eta_s) if live else '—'}")
+
+
+def status_note(status: dict[str, Any]) -> tuple[str, str] | None:
+    """("error" | "info", the run's own message) for a run that failed, was interrupted or stopped."""
+    if status.get("message") and status.get("state") in ("failed", "interrupted", "stopped"):
+        return ("error" if status["state"] == "failed" else "info"), status["message"]
+    return None
+
+
 # -- loss chart ------------------------------------------------------------------------------------
 def downsample(xs: Sequence[float], ys: Sequence[float], max_points: int = MAX_POINTS
                ) -> tuple[list[float], list[float]]:
@@ -163,23 +145,9 @@ def downsample(xs: Sequence[float], ys: Sequence[float], max_points: int = MAX_P
     return [xs[i] for i in idx], [ys[i] for i in idx]
 
 
-def loss_series(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
-    """{"train": (iters, losses), "val": (...), "train (eval)": (...)} from metrics.jsonl rows;
-    rows without a finite value for a series are skipped. (The live page gets the same mapping
-    incrementally from trainers.metrics.MetricsTail.)"""
-    out: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in SERIES}
-    for r in rows:
-        for series, key in SERIES.items():
-            v = r.get(key)
-            if isinstance(v, (int, float)) and math.isfinite(v) and r.get("iter") is not None:
-                out[series][0].append(r["iter"])
-                out[series][1].append(float(v))
-    return out
-
-
 def loss_figure(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], log_y: bool = False,
                 max_points: int = MAX_POINTS) -> tuple[go.Figure, int]:
-    """(figure, number of points drawn) from loss_series' mapping (a missing series is empty):
+    """(figure, number of points drawn) from {"train" | "val" | "train (eval)": (iters, losses)} (a missing series is empty):
     train loss as a thin line, val loss as markers and line, each series downsampled to
     `max_points`. uirevision keeps the user's zoom across updates."""
     styles = {"train": dict(mode="lines", line=dict(width=1, color="#8fb3d9")),
@@ -197,3 +165,35 @@ def loss_figure(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], l
                       legend=dict(orientation="h", y=1.12), template="plotly_white")
     fig.update_yaxes(type="log" if log_y else "linear")
     return fig, points
+
+
+# -- the page's small decisions --------------------------------------------------------------------
+def threads_caption(threads: int, cores: int) -> str:
+    """What a run takes of this machine, e.g. "Training uses 1 thread, leaving 1 core for the UI."."""
+    left = max(cores - threads, 0)
+    return (f"Training uses {threads} thread{'s' if threads != 1 else ''}, leaving "
+            f"{left} core{'s' if left != 1 else ''} for the UI.")
+
+
+def next_sample(shown: tuple | None, ckpt: str, it: int, now: float, every_s: float,
+                draw: Callable[[], str]) -> tuple[tuple, bool]:
+    """(the sample to show now as (checkpoint, iter, when, text), whether to keep it as `shown`
+    for the next call). A new sample costs a checkpoint load and 100 tokens on the server, so a
+    run that evaluates every second gets one at most every `every_s` seconds; `shown` stays
+    while its checkpoint and iteration do. A failed draw (a checkpoint replaced mid-read) is
+    shown but not kept, so the next call tries again."""
+    if shown and shown[0] == ckpt and (shown[1] == it or now - shown[2] < every_s):
+        return shown, True
+    try:
+        return (ckpt, it, now, draw()), True
+    except Exception as e:  # anything a load can raise; the page must keep going
+        return (ckpt, it, now, f"(no sample yet: {type(e).__name__})"), False
+
+
+def is_within(ref: str | None, folder: str | Path) -> bool:
+    """Whether the model reference `ref` is `folder` or lies inside it (a run's checkpoint)."""
+    if not ref:
+        return False
+    r, f = Path(ref).resolve(), Path(folder).resolve()
+    return r == f or f in r.parents
+

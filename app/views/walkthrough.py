@@ -1,6 +1,7 @@
 """Walkthrough page logic: the pipeline diagram drawn from the model's config and its click handler,
-the selected stage's figures (stage_detail) and the token-id strip, the training view (targets
-shifted by one, per-position loss) and one step of the generation loop.
+the selected stage's figures (stage_detail) and the token-id strip, the training view's table and
+figure (of gpt.analysis.training_example: targets shifted by one, per-position loss) and one step
+of the generation loop.
 
 Pure (no Streamlit). Stage definitions, recordings and per-stage figures live in
 app.views.walkthrough_stages. Sampling goes through gpt.generate (sampling_distribution, and the
@@ -9,19 +10,23 @@ Generator the Generate page uses), so what is shown here is what is drawn there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from app.views.events import last_selected
 from app.views import walkthrough_stages as vs
 from app.views.tokens import esc
 from app.views.walkthrough_stages import STAGES, stage_shapes
-from gpt.analysis import per_position_loss
+from gpt.analysis import TrainingExample
 from gpt.config import GPTConfig
 from gpt.generate import Step, sampling_distribution
-from gpt.record import Recorder
+from gpt.heads import attention_steps
+
+if TYPE_CHECKING:
+    from app.inspection import Inspection
 
 KIND_COLORS = {"embed": "#9ecae1", "norm": "#fdd49e", "attn": "#fc9272", "mlp": "#a1d99b", "add": "#e3e3e3",
                "out": "#cdb8e6", "block": "#c6dbef"}
@@ -157,14 +162,10 @@ def pick(event: Any, stage: str, n_layer: int) -> tuple[str, int | None] | None:
     """(stage, layer or None = keep) for a click on the diagram, from what st.plotly_chart's
     on_select gives (the event, its .selection, or the point list). A block box keeps the current
     in-block stage (or shows the block's output) at that layer. None: no valid click."""
-    points: Any = event
-    for key in ("selection", "points"):
-        inner = points.get(key) if isinstance(points, Mapping) else getattr(points, key, None)
-        if inner is not None:
-            points = inner
-    if not isinstance(points, (list, tuple)) or not points or not isinstance(points[-1], Mapping):
+    point = last_selected(event, "points")
+    if not isinstance(point, Mapping):
         return None
-    key = points[-1].get("customdata")
+    key = point.get("customdata")
     if isinstance(key, (list, tuple)):
         key = key[0] if key else None
     if not isinstance(key, str):
@@ -191,10 +192,10 @@ class Detail:
     panels: list[vs.Panel]
 
 
-def stage_detail(stage: str, layer: int, head: int, rec: Recorder | None, model: torch.nn.Module,
-                 labels: Sequence[str], token_str: Callable[[int], str]) -> Detail:
-    """The figures of `stage` for a recording of stage_names(stage, layer) (None for "ids", which
-    has no figures). labels: the T position labels."""
+def stage_detail(insp: "Inspection", stage: str) -> Detail:
+    """The figures of `stage` at the Inspection's layer (and head, for attention), from its
+    recording of stage_names(stage, layer) (rec None for "ids", which has no figures)."""
+    rec, model, labels, token_str, layer, head = insp.rec, insp.model, insp.labels, insp.token_str, insp.layer, insp.head
     if stage == "ids" or rec is None:
         return Detail(None, [], [])
     sv = vs.stage_values(stage, layer, rec, model)
@@ -203,7 +204,7 @@ def stage_detail(stage: str, layer: int, head: int, rec: Recorder | None, model:
         figs.append(vs.hidden_figure(sv.hidden, labels))
     panels = []
     if stage == "attn":
-        panels = vs.attention_panels(vs.attention_steps(rec, layer, head), labels, model.config.n_head)
+        panels = vs.attention_panels(attention_steps(rec, layer, head), labels, model.config.n_head)
     return Detail(sv, figs, panels)
 
 
@@ -217,46 +218,7 @@ def ids_html(token_strs: Sequence[str], ids: Sequence[int]) -> str:
 
 
 # -- training ------------------------------------------------------------------------------------------
-@dataclass
-class TrainingView:
-    """The prompt as one training example: x = ids[:-1], y = ids[1:] (each position's next token).
-    loss: what GPT.forward(x, y) returns; per_position (T-1,): cross-entropy at each position (nats);
-    top_ids/top_probs (T-1, k): each position's predicted distribution; target_prob/target_rank
-    (T-1,): the probability and rank (1 = top) of the true next token."""
-
-    x: list[int]
-    y: list[int]
-    loss: float
-    per_position: torch.Tensor
-    top_ids: torch.Tensor
-    top_probs: torch.Tensor
-    target_prob: torch.Tensor
-    target_rank: torch.Tensor
-
-    @property
-    def mean(self) -> float:
-        return float(self.per_position.mean())
-
-
-@torch.no_grad()
-def training_view(model: torch.nn.Module, ids: Sequence[int], k: int = 5) -> TrainingView:
-    """One forward(x, y) of the prompt (needs >= 2 tokens) and its per-position losses
-    (gpt.analysis.per_position_loss of the same logits; their mean is the forward's loss)."""
-    if len(ids) < 2:
-        raise ValueError("training needs at least 2 tokens: an input and the next token to predict")
-    dev = next(model.parameters()).device
-    x = torch.tensor([list(ids[:-1])], dtype=torch.long, device=dev)  # (1, T-1)
-    y = torch.tensor([list(ids[1:])], dtype=torch.long, device=dev)  # (1, T-1) shifted by one
-    logits, loss = model(x, y)  # logits (1, T-1, V)
-    per = per_position_loss(logits[0], y[0]).cpu()  # (T-1,)
-    probs = sampling_distribution(logits[0].cpu(), 1.0)  # (T-1, V) plain softmax
-    top_p, top_i = torch.topk(probs, min(k, probs.size(-1)), dim=-1)
-    p = probs.gather(1, y[0].cpu().unsqueeze(1)).squeeze(1)  # (T-1,)
-    rank = 1 + (probs > p.unsqueeze(1)).sum(dim=1)
-    return TrainingView(x[0].tolist(), y[0].tolist(), float(loss), per, top_i, top_p, p, rank)
-
-
-def training_table(tv: TrainingView, token_str: Callable[[int], str]) -> pd.DataFrame:
+def training_table(tv: TrainingExample, token_str: Callable[[int], str]) -> pd.DataFrame:
     """One row per position: input x, target y, the top 5 (✓ marks the true next token),
     p(y), rank of y and the cross-entropy -ln p(y)."""
     rows = []
@@ -269,7 +231,7 @@ def training_table(tv: TrainingView, token_str: Callable[[int], str]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def loss_figure(tv: TrainingView, labels: Sequence[str]) -> go.Figure:
+def loss_figure(tv: TrainingExample, labels: Sequence[str]) -> go.Figure:
     """Bars of the per-position cross-entropy, labelled by target, with their mean as a line."""
     mean_line = dict(type="line", xref="paper", x0=0, x1=1, y0=tv.mean, y1=tv.mean,
                      line=dict(color=SELECTED, dash="dash"))
@@ -342,3 +304,36 @@ def crop_note(n: int, block_size: int) -> str:
     return (f"The sequence has {n} tokens > block_size {block_size}: crop to the last {block_size}, "
             f"idx = ids[{n - block_size}:] (1, {block_size}); the first {n - block_size} are cropped away "
             "and every position moves.")
+
+
+def loop_intro(n: int, block_size: int) -> str:
+    """What the Generation tab says before the first press, for a sequence of n tokens."""
+    longer = "" if n > block_size else \
+        f" (give a prompt longer than {block_size} tokens to see the crop at the first press)"
+    return crop_note(n, block_size) + longer + " Press **Next token** to run the loop once."
+
+
+def loop_steps(step: Step, settings: Any, ids: Sequence[int], config: GPTConfig,
+               token_str: Callable[[int], str]) -> tuple[list[tuple[str, Any]], pd.DataFrame]:
+    """The five steps of the sampling loop as they ran for `step`, drawn with `settings` (an
+    app.generation.Settings): [(kind, body)] with kind "markdown" (body: text) or "figure" (body: the
+    step's distribution), in reading order, and the step table they come from."""
+    n, V, Tc = step.pos, config.vocab_size, step.pos - step.ctx_start  # n: length before this step
+    kw = settings.generator_kwargs()
+    how = "the most likely token (temperature 0 = greedy)" if settings.temperature == 0 else \
+        "one token at random from these probabilities (torch.multinomial)"
+    table = step_table(step, settings.temperature, kw["top_k"], kw["top_p"], token_str)
+    kept = f", only the top {kw['top_k']} kept" if kw["top_k"] else ""
+    parts: list[tuple[str, Any]] = [
+        ("markdown", f"**1 · crop** — {crop_note(n, config.block_size)}"),
+        ("markdown", f"**2 · forward** — idx (1, {Tc}) → logits (1, {Tc}, {V}); keep only the last position's "
+                     f"row, logits[0, -1]: shape ({V},)."),
+        ("markdown", f"**3 · softmax** — softmax(logits / {settings.temperature:g}) → probabilities ({V},){kept}."),
+        ("figure", step_figure(table)),
+        ("markdown", f"**4 · sample** — {how}: `{token_str(step.token)}` (id {step.token}), drawn with "
+                     f"probability {step.prob:.3f}."),
+        ("markdown", f"**5 · append** — the sequence grows to {len(ids)} tokens (the new one outlined; "
+                     "struck-through tokens were cropped away for this step):"),
+        ("markdown", context_html(ids, token_str, step.ctx_start, step.pos)),
+    ]
+    return parts, table

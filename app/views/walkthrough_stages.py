@@ -1,5 +1,6 @@
 """Walkthrough stages: what each stage of the GPT pipeline is, which recordings it needs, its shape,
-and its real values for a prompt as figures (heatmap, norms, and the attention stage opened up).
+and its real values for a prompt as figures (heatmap, norms, and the attention stage opened up:
+the tensors of gpt.heads.attention_steps).
 
 Pure (no Streamlit): a Recorder filled by `model(idx, rec=rec)` with `stage_names(stage, layer)`,
 plus the model's read-only parameters (LayerNorm gain and bias) in; plotly figures out. The page
@@ -19,6 +20,7 @@ import plotly.graph_objects as go
 import torch
 
 from gpt.config import GPTConfig
+from gpt.heads import AttentionSteps
 from gpt.record import Recorder
 
 
@@ -150,37 +152,6 @@ def stage_values(stage: str, layer: int, rec: Recorder, model: torch.nn.Module) 
             hidden = got(0)  # hook_post (T, 4C)
         norms = {"‖x‖": v.norm(dim=-1)}
     return StageValues(stage, layer, v, norms, hidden, head_norms, shape=(1, *v.shape))
-
-
-@dataclass
-class AttentionSteps:
-    """One head opened up, every tensor (T, ·) of batch element 0: q, k, v (T, hs); raw = q·kᵀ/√hs
-    (T, T) before the mask; mask (T, T) True where key j <= query i; scores (T, T) the model's masked
-    scores (-inf above the diagonal); pattern = softmax(scores) (T, T); z = pattern·v (T, hs)."""
-
-    layer: int
-    head: int
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    raw: torch.Tensor
-    mask: torch.Tensor
-    scores: torch.Tensor
-    pattern: torch.Tensor
-    z: torch.Tensor
-
-
-def attention_steps(rec: Recorder, layer: int, head: int) -> AttentionSteps:
-    """Head `head` of `layer` from a recording of stage_names("attn", layer)."""
-    p = f"blocks.{layer}.attn."
-    q, k, v = (rec[p + n][0, :, head].float() for n in ("hook_q", "hook_k", "hook_v"))  # (T, hs) each
-    T, hs = q.shape
-    raw = (q @ k.t()) / math.sqrt(hs)  # (T, T): every query against every key, the future included
-    mask = torch.ones(T, T, dtype=torch.bool).tril()  # query i may look at keys 0..i
-    return AttentionSteps(layer, head, q, k, v, raw, mask,
-                          scores=rec[p + "hook_attn_scores"][0, head].float(),  # the model's own
-                          pattern=rec[p + "hook_pattern"][0, head].float(),
-                          z=rec[p + "hook_z"][0, :, head].float())
 
 
 # -- figures -------------------------------------------------------------------------------------------

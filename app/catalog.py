@@ -1,0 +1,201 @@
+"""What can be inspected: the bundled model, the runs with their latest / best / snapshots, uploads
+and paths; a label for each, and which one is the default.
+
+This is the app's one reader of the run-folder layout. The layout itself (latest/, best/,
+snapshots/iter_N, which folder is a run) is named only in gpt.checkpoint, which the trainer writes
+with; the runs and their states come from trainers.runs.list_runs. Pages never build a run path:
+they ask here. No Streamlit and no torch here, so tests and the router import it cheaply.
+
+  bundled_path() -> Path | None            $NANOLENS_BUNDLED, else <repo>/checkpoints/shakespeare-char
+  has_checkpoint(path) -> bool             something load() may accept (run, folder, ckpt.pt, HF folder)
+  default_ref() -> str | None              bundled, else the newest run with a checkpoint
+  describe(ref) -> str                     "bundled · x", "run · latest", "run · iter 500", "upload · f"
+  entries(snapshots=True) -> [Entry]       everything pickable without typing a path
+  sources() -> [Source]                    the bundled model and the runs, for two-level pickers
+  checkpoints(source) -> [Entry]           one source's latest, best and snapshots (newest first)
+  timeline_runs(current_ref) -> [Source]   runs that kept snapshots, the bundled and current first
+  snapshots(run) -> [(iter, Path)]
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpt.checkpoint import (CheckpointError, SNAPSHOT_RE, best_dir, checkpoints_root, has_checkpoint as
+                            _is_checkpoint, latest_dir, list_snapshots, resolve_checkpoint, run_of)
+from trainers.runs import list_runs
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED_NAME = "shakespeare-char"  # <repo>/checkpoints/<this> is the bundled model
+BUNDLED_SOURCE = "(bundled model)"  # the source key of the bundled model in two-level pickers
+UPLOADS = ".uploads"  # under the checkpoints root; hidden, so never listed as a run
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing that can be inspected. ref: what to give resources.load_model; label: what the
+    user reads; which: "bundled" | "latest" | "best" | "iter N" (its name within its source)."""
+
+    ref: str
+    label: str
+    which: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """The bundled model or one run. key: BUNDLED_SOURCE or the run's name; path: its folder."""
+
+    key: str
+    label: str
+    path: Path
+
+
+def has_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` names something that looks loadable (a run with a checkpoint, a checkpoint
+    folder, a nanoGPT out_dir or ckpt.pt, a Hugging Face folder); loading may still fail."""
+    try:
+        p = resolve_checkpoint(Path(path))
+    except (CheckpointError, OSError):
+        return False
+    return p.is_file() or (p / "config.json").is_file() or (p / "ckpt.pt").is_file()
+
+
+def bundled_path() -> Path | None:
+    """$NANOLENS_BUNDLED when set ("" means: no bundled model), else <repo>/checkpoints/
+    shakespeare-char when it holds a checkpoint; None otherwise."""
+    env = os.environ.get("NANOLENS_BUNDLED")
+    if env is not None:
+        if not env.strip():
+            return None
+        p = Path(env).expanduser()
+        return p if has_checkpoint(p) else None
+    p = REPO / "checkpoints" / BUNDLED_NAME
+    return p if p.exists() and has_checkpoint(p) else None
+
+
+def _is_bundled(p: Path, bundled: Path | None) -> bool:
+    return bundled is not None and p.resolve() == bundled.resolve()
+
+
+def _newest_mtime(run: Path) -> float:
+    """When a run last wrote something a reader cares about (its status, metrics or latest/)."""
+    times = [f.stat().st_mtime for f in (run / "status.json", run / "metrics.jsonl", latest_dir(run))
+             if f.exists()]
+    return max(times, default=run.stat().st_mtime)
+
+
+def newest_run() -> Path | None:
+    """The most recently updated run folder under the checkpoints root that holds a checkpoint."""
+    root = checkpoints_root()
+    if not root.is_dir():
+        return None
+    # hidden folders (.uploads, half-written .tmp-*) are not runs
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and has_checkpoint(p)]
+    return max(runs, key=_newest_mtime) if runs else None
+
+
+def default_ref() -> str | None:
+    """The bundled model if any, else the newest run with a checkpoint, else None."""
+    p = bundled_path() or newest_run()
+    return str(p) if p is not None else None
+
+
+def describe(ref: str | os.PathLike) -> str:
+    """A short label for a model ref: "bundled · shakespeare-char", "<run> · latest",
+    "<run> · best", "<run> · iter 500", "upload · <file>", else the path's last two parts."""
+    p = Path(ref).expanduser()
+    bundled = bundled_path()
+    if _is_bundled(p, bundled):
+        return f"bundled · {bundled.name}"
+    try:
+        parts = p.resolve().relative_to(checkpoints_root().resolve()).parts
+    except ValueError:
+        parts = ()
+    if parts and parts[0] == UPLOADS:
+        return f"upload · {parts[1]}" if len(parts) > 1 else "uploads"
+    if len(parts) == 1:
+        return f"{parts[0]} · latest"
+    if len(parts) == 2 and p.resolve() in (latest_dir(p.parent).resolve(), best_dir(p.parent).resolve()):
+        return f"{parts[0]} · {parts[1]}"
+    if len(parts) == 3 and run_of(p) is not None and SNAPSHOT_RE.fullmatch(parts[2]):
+        return f"{parts[0]} · iter {int(SNAPSHOT_RE.fullmatch(parts[2]).group(1))}"
+    return "/".join(p.parts[-2:]) if len(p.parts) > 1 else str(p)
+
+
+def snapshots(run: str | os.PathLike) -> list[tuple[int, Path]]:
+    """[(iter, folder)] of a run's complete snapshots, oldest first."""
+    return list_snapshots(run)
+
+
+def _run_entries(run: Path, name: str, snaps: bool) -> list[Entry]:
+    """A run's latest (the run folder itself, which follows latest/), best and snapshots (newest
+    first); only those that exist."""
+    out = []
+    if _is_checkpoint(latest_dir(run)):
+        out.append(Entry(str(run), f"{name} · latest", "latest"))
+    if _is_checkpoint(best_dir(run)):
+        out.append(Entry(str(best_dir(run)), f"{name} · best", "best"))
+    if snaps:
+        out += [Entry(str(p), f"{name} · iter {it}", f"iter {it}") for it, p in reversed(list_snapshots(run))]
+    return out
+
+
+def sources() -> list[Source]:
+    """The bundled model (if any), then each run under the checkpoints root, newest first."""
+    bundled = bundled_path()
+    out = [Source(BUNDLED_SOURCE, f"bundled · {bundled.name}", bundled)] if bundled is not None else []
+    for r in list_runs():
+        d = Path(r["path"])
+        if not _is_bundled(d, bundled):
+            out.append(Source(r["name"], r["name"], d))
+    return out
+
+
+def checkpoints(source: str) -> list[Entry]:
+    """The checkpoints of one source (BUNDLED_SOURCE or a run name): for the bundled model its own
+    entry, for a run its latest, best and snapshots, newest snapshot first. [] when it is gone."""
+    bundled = bundled_path()
+    if source == BUNDLED_SOURCE:
+        return [Entry(str(bundled), describe(bundled), "bundled")] if bundled is not None else []
+    run = checkpoints_root() / source
+    return _run_entries(run, source, snaps=True) if run.is_dir() else []
+
+
+def entries(snapshots: bool = True) -> list[Entry]:
+    """Everything the app can inspect without a path or an upload: the bundled model, then each
+    run (newest first) with its latest, best and (if `snapshots`) every snapshot that exists.
+    A run that has no checkpoint yet is left out."""
+    out: list[Entry] = []
+    for s in sources():
+        if s.key == BUNDLED_SOURCE:
+            out.append(Entry(str(s.path), s.label, "bundled"))
+        else:
+            out += _run_entries(s.path, s.key, snapshots)
+    return out
+
+
+def timeline_runs(current_ref: str | None) -> list[Source]:
+    """Every run with at least one snapshot: the bundled model's run first, then the current
+    model's run, then the others newest first. Each folder appears once."""
+    out: list[Source] = []
+    seen: set[Path] = set()
+
+    def add(run: Path | None, label: str) -> None:
+        if run is not None and run.resolve() not in seen and list_snapshots(run):
+            seen.add(run.resolve())
+            out.append(Source(run.name, label, run))
+
+    bundled = bundled_path()
+    b_run = run_of(bundled) if bundled is not None else None
+    add(b_run, f"bundled · {b_run.name}" if b_run else "")
+    cur = run_of(current_ref)
+    add(cur, f"{cur.name} (current model)" if cur else "")
+    for s in sources():
+        add(run_of(s.path), s.key)
+    return out
+
+
+def uploads_dir() -> Path:
+    """Where uploaded checkpoints and training texts are kept (app/uploads.py writes there)."""
+    return checkpoints_root() / UPLOADS
