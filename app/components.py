@@ -41,8 +41,8 @@ def head_table(scores: Any, key: str, selected: tuple[int, int] | None = None,
     """All heads in one table (app.views.heads.head_frame): a row per head, a column per score,
     sortable by clicking any header (st.dataframe does that natively).
 
-    scores: gpt.analysis.HeadScores, or a {score key: (L, H) tensor} mapping (e.g.
-    app.views.attention.prompt_head_scores' dict, plus "induction" when measured).
+    scores: gpt.heads.HeadScores, or a {score key: (L, H) tensor} mapping (e.g.
+    gpt.heads.prompt_head_scores' dict, plus "induction" when measured).
     key: names the widget (unique on the page; the widget's own key adds the row order).
     selected: the (layer, head) open now; its row is selected on first render.
     sort_by: a score key for the initial order (default: layer, head).

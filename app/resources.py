@@ -13,7 +13,7 @@ and mtime), so a rewritten checkpoint is never served stale; every trace key inc
   trace(loaded, ids, names, edit) -> Recorder     LRU (16) of recorded forwards
   inspect(loaded, ids, names, layer, head, edit) -> Inspection   (components.inspection's core)
   prompt_ids(loaded, text, ...) -> PromptIds      the prompt checks (app.views.prompt)
-  head_scores(loaded), snapshot_scores(ref)       gpt.heads.head_scores per checkpoint
+  model_scores(loaded), snapshot_scores(ref)      gpt.heads.head_scores per checkpoint
   model_views(loaded)                       embedding PCA and position similarity (per model)
   prompt_loss(loaded, ids), prompt_loss_at(ref, ids), greedy_sample(loaded, ids, n),
   training_example(loaded, ids)             per checkpoint and prompt
@@ -50,7 +50,6 @@ MODEL_ERROR = "model_error"  # session_state: why the chosen model could not be 
 TRACE_ENTRIES = 16
 ANALYSIS_ENTRIES = 512  # head scores, losses and samples are small: (L, H) tensors, floats, 40 ids
 NO_MODEL = "No model yet: train one or load one."
-uploads_dir = catalog.uploads_dir  # TEMPORARY for the Train page until it uses app.uploads
 
 
 # -- models ------------------------------------------------------------------------------------------
@@ -216,7 +215,7 @@ def _analysis(key: tuple, make: Callable[[], object]) -> object:
     return _analysis_cache().get(key, make)
 
 
-def head_scores(loaded: Loaded) -> heads.HeadScores:
+def model_scores(loaded: Loaded) -> heads.HeadScores:
     """Every head's scores on the repeated random sequence (prompt-independent: once per checkpoint)."""
     return _analysis(("scores", loaded.ref, loaded.stamp), lambda: heads.head_scores(loaded.model))
 
@@ -306,5 +305,5 @@ def clear_caches() -> None:
 
 
 __all__ = ["Loaded", "load_model", "current_model", "require_model", "show_no_model", "trace",
-           "prompt_ids", "PromptIds", "clear_caches", "checkpoint_stamp", "NO_MODEL", "head_scores",
+           "prompt_ids", "PromptIds", "clear_caches", "checkpoint_stamp", "NO_MODEL", "model_scores",
            "snapshot_scores", "model_views", "prompt_loss", "greedy_sample"]

@@ -89,35 +89,38 @@ def trace(model: GPT, ids: list[int], names: tuple[str, ...]) -> Recorder:
 
 
 def page_runs(model: GPT, tok: CharTokenizer, ids: list[int]) -> dict[str, Callable[[], dict[str, float]]]:
-    """page -> fn() that does one prompt change's work and returns its parts in seconds."""
+    """page -> fn() that does one prompt change's work and returns its parts in seconds: the traced
+    forward (a cache miss), the Inspection (strings, labels) and the page's build, the serialisation."""
+    from app.inspection import Inspection, Loaded
     from app.views import attention as va
     from app.views import layers as vl
     from app.views import tokens as vt
 
     cfg = model.config
     T = len(ids)
-    strs = [tok.token_str(i) for i in ids]
+    loaded = Loaded(model=model, tokenizer=tok, meta={}, ref="bench", label="bench", config=cfg)
+    # the Layers page's prompt-independent part: app.resources.model_views computes it once per
+    # checkpoint, so a prompt change does not pay for it (as the old per-model cache did here)
+    per_model = vl.model_views(model)
 
-    def parts(names: tuple[str, ...], build: Callable[[Recorder], Any]) -> dict[str, float]:
+    def parts(names: tuple[str, ...], layer: int, head: int, build: Callable[[Inspection], Any]) -> dict[str, float]:
         t0 = time.process_time()
         rec = trace(model, ids, names)
         t1 = time.process_time()
-        view = build(rec)
+        view = build(Inspection.of(loaded, tuple(ids), rec, names, layer, head))
         t2 = time.process_time()
         nbytes = serialize(view)
         t3 = time.process_time()
         return {"trace": t1 - t0, "views": t2 - t1, "serialize": t3 - t2, "bytes": nbytes}
 
     def attention() -> dict[str, float]:
-        return parts(va.NAMES, lambda rec: va.build(rec, cfg.n_layer, cfg.n_head, cfg.n_layer - 1, 0, T - 1, strs))
+        return parts(va.NAMES, cfg.n_layer - 1, 0, lambda insp: va.build(insp, T - 1))
 
     def layers() -> dict[str, float]:
-        return parts(vl.NAMES, lambda rec: vl.build(model, rec, ids, strs, tok.token_str, "resid_post",
-                                                    vl.lens_window(T, T - 32)))
+        return parts(vl.NAMES, 0, 0, lambda insp: vl.build(insp, "resid_post", vl.lens_window(T, T - 32), per_model))
 
     def next_token() -> dict[str, float]:
-        return parts(vt.NAMES, lambda rec: vt.build_next_token(rec["logits"], ids, strs, tok.token_str,
-                                                               T - 2, 1.0, 10))
+        return parts(vt.NAMES, 0, 0, lambda insp: vt.build_next_token(insp, T - 2, 1.0, 10))
 
     return {"attention": attention, "layers": layers, "next_token": next_token}
 
@@ -125,20 +128,21 @@ def page_runs(model: GPT, tok: CharTokenizer, ids: list[int]) -> dict[str, Calla
 def generate_run(model: GPT, tok: CharTokenizer, ids: list[int]) -> Callable[[], dict[str, float]]:
     """One Generate-page step at a context of len(ids)-1 tokens: back() then step() (so every call
     does the same work: one cached position), then the page's figures."""
+    from app import generation as ag
     from app.views import generate as vg
 
     gen = Generator(model, ids[:-1], temperature=1.0, seed=0, record=True)
-    state = vg.GenState(ref="bench", prompt=tuple(ids[:-1]), ids=list(ids[:-1]))
+    state = ag.GenState(ref="bench", prompt=tuple(ids[:-1]), ids=list(ids[:-1]))
     first = gen.step()
-    vg.record_step(state, first, 0.0)
+    ag.record_step(state, first, 0.0)
 
     def run() -> dict[str, float]:
         t0 = time.process_time()
         gen.back()
-        vg.undo_step(state)
+        ag.undo_step(state)
         step = gen.step()
         t1 = time.process_time()
-        vg.record_step(state, step, (t1 - t0) * 1000)
+        ag.record_step(state, step, (t1 - t0) * 1000)
         view = vg.build(state, tok.token_str)
         t2 = time.process_time()
         nbytes = serialize(view)

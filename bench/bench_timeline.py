@@ -9,7 +9,7 @@ reported beside the goal, not in it.
 Times what the Timeline page's fragment runs when the slider lands on a snapshot
 (app/screens/timeline.py): load the snapshot (resources.load_model; cold = cache cleared, warm = a
 cache hit), the recorded forward of app.views.timeline.NAMES (a new snapshot misses the trace
-cache), snapshot_view (pattern heatmap, logit lens, loss), Streamlit's serialisation of the two
+cache), the Inspection and snapshot_view (pattern heatmap, logit lens, loss), Streamlit's serialisation of the two
 plotly figures, and the 40-token greedy sample (computed on the first visit of a snapshot, then
 memoised). The one-time history cost (head scores of every snapshot, the history chart) is
 reported beside. Medians over snapshots x repetitions, on the CPU clock with one torch thread
@@ -84,6 +84,7 @@ def _clock(fn: Callable[[], Any]) -> tuple[float, float, Any]:
 def bench(run: Path, T: int, reps: int) -> dict[str, Any]:
     """Per-stage medians (CPU and wall ms) over every snapshot x reps; see the module docstring."""
     from app import resources
+    from app.inspection import Inspection
     from app.views import timeline as vt
     from gpt.checkpoint import list_snapshots
     from gpt.generate import greedy_continuation
@@ -108,8 +109,8 @@ def bench(run: Path, T: int, reps: int) -> dict[str, Any]:
                         ("load cold", lambda: resources.load_model(ref)),
                         ("load warm", lambda: resources.load_model(ref)),
                         ("trace", lambda: resources.record_forward(got["load warm"].model, ids, vt.NAMES)),
-                        ("figures", lambda: vt.snapshot_view(got["load warm"].model, got["trace"], ids, 1, 2,
-                                                             tok.token_str)),
+                        ("figures", lambda: vt.snapshot_view(Inspection.of(got["load warm"], ids, got["trace"],
+                                                                           vt.NAMES, 1, 2))),
                         ("serialize", lambda: sum(_serialize(f) for f in (got["figures"].pattern,
                                                                            got["figures"].lens))),
                         ("sample", lambda: greedy_continuation(got["load warm"].model, ids, vt.SAMPLE_TOKENS)),

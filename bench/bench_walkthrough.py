@@ -54,20 +54,21 @@ def prompts(n: int, T: int) -> list[str]:
 
 def pipeline_ready(model: GPT, tok: CharTokenizer, text: str, stage: str, layer: int = 1, head: int = 0) -> int:
     """The Pipeline tab's work after a prompt change; returns the JSON bytes its figures send."""
+    from app.inspection import Inspection, Loaded
     from app.resources import record_forward
     from app.views import walkthrough as vw
     from app.views import walkthrough_stages as vs
     from app.views.prompt import prompt_ids
-    from app.views.tokens import token_strs, unique_labels
 
     cfg = model.config
+    loaded = Loaded(model=model, tokenizer=tok, meta={}, ref="bench", label="bench", config=cfg)
     p = prompt_ids(tok, cfg, text, names=vs.stage_names("attn", cfg.n_layer - 1))
-    ids = list(p.ids)
-    labels = unique_labels(token_strs(tok.token_str, ids))
+    ids = tuple(p.ids)
     names = vs.stage_names(stage, layer)
     rec = record_forward(model, ids, names) if names else None
+    insp = Inspection.of(loaded, ids, rec, names, layer, head)  # the token strings and labels
     figs = [vw.diagram_figure(cfg, len(ids), stage, layer)]
-    detail = vw.stage_detail(stage, layer, head, rec, model, labels, tok.token_str)
+    detail = vw.stage_detail(insp, stage)
     figs += detail.figures + [f for panel in detail.panels for f in panel.figures]
     return sum(len(pio.to_json(f, validate=False)) for f in figs)
 

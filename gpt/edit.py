@@ -69,7 +69,8 @@ class Edits:
                 raise TypeError(f"edit names must be strings (hook names or globs), got {name!r}")
             for fn in (f if isinstance(f, (list, tuple)) else [f]):
                 if not callable(fn):
-                    raise TypeError(f"the edit for {name!r} must be a function act -> act, got {type(fn).__name__}")
+                    raise TypeError(f"the edit for {name!r} must be a function act -> act, "
+                                    f"got {type(fn).__name__}")
                 entries.append((name, fn, _takes_pos(name, fn)))
         if key is not None:
             hash(key)  # an unhashable key would only fail later, inside some cache

@@ -235,6 +235,8 @@ class GPT(nn.Module):
             edit = None
         hooked = rec is not None or edit is not None
         if edit is not None:
+            if not isinstance(edit, Edits):
+                raise TypeError(f"edit must be a gpt.edit.Edits, got {type(edit).__name__}")
             edit.begin(self.config, start, T)  # resolves its names first: an unknown one raises here
         if rec is not None:
             edited = frozenset(edit.edited_names(self.config)) if edit is not None else frozenset()

@@ -19,6 +19,7 @@ from gpt.record import Recorder
 torch.set_num_threads(1)
 B, T = 2, 12
 EVERYTHING = ["*", "blocks.*.attn.hook_result"]
+ZERO = torch.tensor([0])
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_empty_edit_is_no_edit_bit_for_bit(model: GPT, idx: torch.Tensor) -> Non
             assert torch.equal(rec_plain[name], rec_empty[name]), name
 
 
-def test_identity_at_every_hook_is_no_edit_and_runs_in_transformerlens_order(model: GPT, idx: torch.Tensor) -> None:
+def test_identity_at_every_hook_is_no_edit_in_transformerlens_order(model: GPT, idx: torch.Tensor) -> None:
     every = Recorder.all_names(model.config)
     calls: list[str] = []
 
@@ -184,9 +185,11 @@ def test_reference_forward_is_the_model(model: GPT, idx: torch.Tensor) -> None:
                                               ("blocks.1.attn.hook_pattern", "pattern")])
 def test_edits_match_a_hand_written_forward(model: GPT, idx: torch.Tensor, hook_name: str, site: str) -> None:
     layer = int(hook_name.split(".")[1])
-    fns = {"resid_pre": lambda x: x * 0.5 + 0.3, "mlp_post": lambda a: a.index_fill(-1, torch.tensor([3, 7]), 0.0),
+    fns = {"resid_pre": lambda x: x * 0.5 + 0.3,
+           "mlp_post": lambda a: a.index_fill(-1, torch.tensor([3, 7]), 0.0),
            "ln1": lambda n: n.roll(1, dims=-1),
-           "scores": lambda s: s.index_fill(-1, torch.tensor([0]), float("-inf")).index_fill(-2, torch.tensor([0]), 0.0),
+           # no query sees key 0, and query 0 sees every key uniformly (its row unmasked)
+           "scores": lambda s: s.index_fill(-1, ZERO, float("-inf")).index_fill(-2, ZERO, 0.0),
            "pattern": lambda p: p.roll(1, dims=1)}  # heads swap their patterns
     fn = fns[site]
     with torch.no_grad():
@@ -198,17 +201,19 @@ def test_edits_match_a_hand_written_forward(model: GPT, idx: torch.Tensor, hook_
 def test_edits_match_weight_surgery(model: GPT, idx: torch.Tensor) -> None:
     """Edits that have an exact twin in the weights, changed in a copy of the model."""
     C = model.config.n_embd
+
+    def zero_q(m: GPT) -> None:  # q = 0 makes every score 0: uniform attention over the causal past
+        m.transformer.h[1].attn.c_attn.weight[:C].zero_()
+        m.transformer.h[1].attn.c_attn.bias[:C].zero_()
     d = torch.randn(C, generator=torch.Generator().manual_seed(5)) * 0.5
     cases = [  # (edit, how to change the copy's weights)
         (Edits({"blocks.0.hook_resid_pre": lambda x: x + d}), lambda m: m.transformer.wpe.weight.add_(d)),
-        (Edits({"blocks.1.ln1.hook_normalized": lambda n: n * 2}), lambda m: m.transformer.h[1].ln_1.weight.mul_(2)),
+        (Edits({"blocks.1.ln1.hook_normalized": lambda n: n * 2}),
+         lambda m: m.transformer.h[1].ln_1.weight.mul_(2)),
         (Edits({"blocks.0.mlp.hook_post": lambda a: a.index_fill(-1, torch.tensor([5]), 0.0)}),
          lambda m: m.transformer.h[0].mlp.c_proj.weight[:, 5].zero_()),
-        # q = 0 makes every score 0: uniform attention over the causal past, in scores and in pattern
-        (Edits({"blocks.1.attn.hook_attn_scores": lambda s: s.masked_fill(torch.isfinite(s), 0.0)}),
-         lambda m: (m.transformer.h[1].attn.c_attn.weight[:C].zero_(), m.transformer.h[1].attn.c_attn.bias[:C].zero_())),
-        (Edits({"blocks.1.attn.hook_pattern": lambda p: (p > 0).float() / (p > 0).sum(-1, keepdim=True)}),
-         lambda m: (m.transformer.h[1].attn.c_attn.weight[:C].zero_(), m.transformer.h[1].attn.c_attn.bias[:C].zero_())),
+        (Edits({"blocks.1.attn.hook_attn_scores": lambda s: s.masked_fill(torch.isfinite(s), 0.0)}), zero_q),
+        (Edits({"blocks.1.attn.hook_pattern": lambda p: (p > 0).float() / (p > 0).sum(-1, keepdim=True)}), zero_q),
     ]
     plain, _ = run(model, idx)
     for edit, surgery in cases:
@@ -268,6 +273,8 @@ def test_bad_names_and_shapes_raise(model: GPT, idx: torch.Tensor) -> None:
         Edits({"hook_embed": lambda a, b, c: a})
     with pytest.raises(TypeError):
         Edits({"hook_embed": lambda a: a}, key=["unhashable"])
+    with pytest.raises(TypeError, match="gpt.edit.Edits"):
+        model(idx, edit={"hook_embed": lambda a: a})
 
 
 def test_keys_and_combination_order(model: GPT, idx: torch.Tensor) -> None:

@@ -216,3 +216,41 @@ def test_cli_lr_1e6_diverges(tmp_path):
     assert st["state"] == "failed" and st["message"].startswith("diverged at iter ")
     model, _, meta = ckpt.load(tmp_path / "big")
     assert meta["iter"] == 0 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_checkpoints_land_where_gpt_checkpoint_layout_says(tmp_path, monkeypatch):
+    """The trainer names no checkpoint folder itself: latest/, best/ and snapshots come from
+    gpt.checkpoint's layout helpers (moving the layout there moves the trainer's saves)."""
+    d = tmp_path / "lay"
+    Trainer(cfg_for(tmp_path, "lay", max_iters=10)).fit()
+    assert [p for _, p in ckpt.list_snapshots(d)] == [ckpt.snapshot_dir(d, 0), ckpt.snapshot_dir(d, 10)]
+    assert ckpt.has_checkpoint(ckpt.latest_dir(d)) and ckpt.has_checkpoint(ckpt.best_dir(d))
+    monkeypatch.setattr(ckpt, "snapshot_dir", lambda run, it: Path(run) / "elsewhere" / f"at{it}")
+    Trainer(cfg_for(tmp_path, "moved", max_iters=10)).fit()
+    assert sorted(p.name for p in (tmp_path / "moved" / "elsewhere").iterdir()) == ["at0", "at10"]
+    assert not (tmp_path / "moved" / ckpt.SNAPSHOTS).exists()
+
+
+def test_cli_run_trains_the_folders_config_json(tmp_path, capsys, monkeypatch):
+    """`--run DIR` trains what DIR/config.json says (as trainers.runs.start writes it), refuses
+    settings beside it, refuses to train a folder twice, and `--run DIR --resume` continues it."""
+    from tqdm import tqdm
+    monkeypatch.setattr(tqdm, "monitor_interval", 0)  # no tqdm monitor thread left behind
+    d = tmp_path / "prepared"
+    d.mkdir()
+    cfg = cfg_for(tmp_path, "written-elsewhere", max_iters=6, eval_interval=3, snapshots=False)
+    runs.write_json_atomic(d / "config.json", {"train": cfg.to_dict(), "created_at": "then"})
+    assert main(["--run", str(d), "--lr", "0.5"]) == 2
+    assert "drop --lr" in capsys.readouterr().err
+    assert main(["--run", str(d), "--name", "x"]) == 2
+    assert "drop --name and --root" in capsys.readouterr().err
+    assert main(["--run", str(d)]) == 0
+    rc = json.loads((d / "config.json").read_text())
+    assert rc["train"] == {**cfg.to_dict(), "name": "prepared", "root": str(tmp_path)}  # named by its folder
+    assert rc["created_at"] == "then" and rc["model"]["n_layer"] == 2
+    assert ckpt.load(d)[2]["iter"] == 6 and runs.status("prepared", tmp_path)["state"] == "finished"
+    assert main(["--run", str(d)]) == 2
+    assert "has been trained already; continue it with --run" in capsys.readouterr().err
+    assert main(["--run", str(d), "--resume", "--max-iters", "9"]) == 0
+    assert ckpt.load(d)[2]["iter"] == 9
+    assert json.loads((d / "config.json").read_text())["train"]["max_iters"] == 9

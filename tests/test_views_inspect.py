@@ -10,9 +10,10 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
+from app import generation as ag
+from app.inspection import Inspection, Loaded
 from app.views import attention as va
 from app.views import generate as vg
-from app import generation as ag
 from app.views import layers as vl
 from app.views import tokens as vt
 from gpt.analysis import logit_lens
@@ -57,6 +58,12 @@ def record(model: GPT, ids: list[int], names) -> Recorder:
     with torch.no_grad():
         model(torch.tensor([ids]), rec=rec)
     return rec
+
+
+def inspection(model: GPT, ids: list[int], names, layer: int = 0, head: int = 0) -> Inspection:
+    """An Inspection of a fresh recording of `names`, as the pages get one (no Streamlit)."""
+    loaded = Loaded(model=model, tokenizer=TOK, meta={}, ref="test", label="test", config=model.config)
+    return Inspection.of(loaded, tuple(ids), record(model, ids, names), tuple(names), layer, head)
 
 
 def causal(T: int, L: int = 2, H: int = 3, seed: int = 0) -> torch.Tensor:
@@ -136,9 +143,9 @@ def test_distribution_at_matches_softmax_and_finds_the_actual_token() -> None:
 
 
 def test_build_next_token(model: GPT, ids: list[int]) -> None:
-    rec = record(model, ids, vt.NAMES)
-    strs = vt.token_strs(TOK.token_str, ids)
-    view = vt.build_next_token(rec["logits"], ids, strs, TOK.token_str, pos=3, temperature=1.0, k=5)
+    insp = inspection(model, ids, vt.NAMES)
+    rec = insp.rec
+    view = vt.build_next_token(insp, pos=3, temperature=1.0, k=5)
     assert view.strip.count("<span") == len(ids)
     p = torch.softmax(rec["logits"][0, :-1], -1).gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1)
     assert view.surprise_bits == pytest.approx((-torch.log2(p)).tolist(), rel=1e-4)
@@ -236,10 +243,10 @@ def test_head_summary_and_induction_figures() -> None:
 
 
 def test_build_attention_from_a_recording(model: GPT, ids: list[int]) -> None:
-    rec = record(model, ids, va.NAMES)
-    strs = vt.token_strs(TOK.token_str, ids)
+    insp = inspection(model, ids, va.NAMES, layer=1, head=1)
+    rec, strs = insp.rec, vt.token_strs(TOK.token_str, ids)
     L, H, T = model.config.n_layer, model.config.n_head, len(ids)
-    view = va.build(rec, L, H, layer=1, head=1, query=5, strs=strs)
+    view = va.build(insp, query=5)
     want = rec["blocks.1.attn.hook_pattern"][0, 1]
     torch.testing.assert_close(arr(valid(view.pattern).data[0].z), want)
     assert list(view.pattern.data[0].x) == vt.unique_labels(strs)
@@ -304,13 +311,15 @@ def test_embedding_and_position_figures(model: GPT) -> None:
 
 
 def test_build_layers(model: GPT, ids: list[int]) -> None:
-    rec = record(model, ids, vl.NAMES)
+    insp = inspection(model, ids, vl.NAMES)
     strs = vt.token_strs(TOK.token_str, ids)
-    view = vl.build(model, rec, ids, strs, TOK.token_str, "mlp_out", vl.lens_window(len(ids), 4, 8))
+    per_model = vl.model_views(model)
+    view = vl.build(insp, "mlp_out", vl.lens_window(len(ids), 4, 8), per_model)
     for f in (view.norm, view.lens, view.embeddings, view.positions):
         valid(f)
     assert list(view.lens.data[0].x) == vt.unique_labels(strs)[4:12]
     assert "mlp_out" in view.norm.layout.title.text
+    assert view.positions is per_model[2]  # the per-checkpoint part is taken as given
 
 
 # -- generate ---------------------------------------------------------------------------------------
@@ -349,16 +358,20 @@ def test_step_attention_figure_keeps_the_last_positions() -> None:  # (L, H, Tct
 
 
 
-
-def test_layers_model_views_are_computed_once_per_model() -> None:
-    """The embedding PCA and position-similarity figure depend on the weights only: a prompt change
-    reuses them, and another model gets its own."""
-    from gpt.analysis import embedding_pca
+def test_layers_model_views_are_pure() -> None:
+    """The embedding PCA and position-similarity figure depend on the weights only and are computed
+    afresh by every call (app.resources.model_views caches them per checkpoint): two calls agree,
+    and another model gets its own."""
+    from gpt.analysis import embedding_pca, position_similarity
 
     a, b = GPT(GPTConfig.preset("tiny", vocab_size=20)), GPT(GPTConfig.preset("tiny", vocab_size=20))
-    first = vl.model_views(a)
-    assert vl.model_views(a) is first
+    first, again = vl.model_views(a), vl.model_views(a)
+    assert again is not first  # no module-level cache any more
+    torch.testing.assert_close(again[0], first[0])
+    torch.testing.assert_close(again[1], first[1])
+    assert again[2].to_dict() == first[2].to_dict()
     other = vl.model_views(b)
-    assert other is not first and not torch.equal(other[0], first[0])
+    assert not torch.equal(other[0], first[0])
     coords, ratio = embedding_pca(b)
     assert torch.equal(other[0], coords) and torch.equal(other[1], ratio)
+    torch.testing.assert_close(arr(valid(other[2]).data[0].z), position_similarity(b))  # 32 <= MAX_SIM_SIDE

@@ -1,17 +1,16 @@
 """Pure parts of the Timeline page and the head table (app/views/timeline.py, app/views/heads.py):
-run discovery, the play step, one snapshot's figures and loss, the history frame and chart, and
+the play step, one snapshot's figures and loss, the history frame and chart, and
 the two selection handlers (chart click, table row) that map a click back to (layer, head). The
-losses and the greedy sample are gpt's: tests/test_analysis.py, tests/test_generate.py."""
+losses and the greedy sample are gpt's: tests/test_analysis.py, tests/test_generate.py; run
+discovery is app.catalog's (tests/test_catalog.py, tests/test_inspection.py)."""
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 import altair as alt
 import pandas as pd
 import pytest
 import torch
 
+from app.inspection import Inspection, Loaded
 from app.views import heads as vh
 from app.views import timeline as vt
 from gpt.checkpoint import load
@@ -80,21 +79,7 @@ def test_sorting_and_row_picks_follow_the_displayed_frame(scores: HeadScores) ->
         vh.sort_rows(by_prev, "layer")
 
 
-# -- runs and playing ---------------------------------------------------------------------------------
-def test_runs_with_snapshots_are_found_once(tiny_checkpoint, tmp_path: Path) -> None:
-    run = tiny_checkpoint.run_dir
-    for ref in (run, run / "latest", run / "best", tiny_checkpoint.snapshot(tiny_checkpoint.iters[0])):
-        assert vt.run_of(ref) == run, ref
-    assert vt.run_of(None) is None and vt.run_of(tmp_path) is None
-    bare = tmp_path / "bare"
-    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("snapshots"))
-    got = vt.timeline_runs(run / "best", str(run / "latest"), [bare, run])
-    assert got == [(str(run), f"bundled · {run.name}")]  # one entry; the run without snapshots is out
-    got = vt.timeline_runs(None, str(run / "latest"), [bare, run])
-    assert got == [(str(run), f"{run.name} (current model)")]
-    assert vt.timeline_runs(None, None, [bare]) == []
-
-
+# -- playing ------------------------------------------------------------------------------------------
 def test_next_iter_walks_to_the_end() -> None:
     iters = [0, 10, 25]
     assert vt.next_iter(iters, 0) == (10, False)
@@ -111,7 +96,8 @@ def test_snapshot_view_shows_the_chosen_head(snap) -> None:
     rec = Recorder(list(vt.NAMES))
     model(torch.tensor([ids]), rec=rec)
     L, H = model.config.n_layer, model.config.n_head
-    view = vt.snapshot_view(model, rec, ids, L - 1, H - 1, tok.token_str)
+    loaded = Loaded(model=model, tokenizer=tok, meta={}, ref="test", label="test", config=model.config)
+    view = vt.snapshot_view(Inspection.of(loaded, tuple(ids), rec, vt.NAMES, L - 1, H - 1))
     z = torch.tensor(view.pattern.data[0].z)
     assert torch.allclose(z, rec[f"blocks.{L - 1}.attn.hook_pattern"][0, H - 1], atol=1e-6)
     assert view.pattern.data[0].zmax == 1.0  # same color scale at every snapshot

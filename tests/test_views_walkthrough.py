@@ -11,6 +11,8 @@ import re
 import pytest
 import torch
 
+from app.generation import Settings
+from app.inspection import Inspection, Loaded
 from app.views import walkthrough as vw
 from app.views import walkthrough_stages as vs
 from gpt.analysis import training_example
@@ -52,6 +54,20 @@ def label(i: int) -> str:
     return f"t{i}"
 
 
+class LabelTokenizer:
+    """Just what an Inspection reads of a tokenizer: token_str, here `label`."""
+
+    def token_str(self, i: int) -> str:
+        return label(i)
+
+
+def inspection(model: GPT, ids: list[int], rec: Recorder | None, names: tuple[str, ...], layer: int,
+               head: int = 0) -> Inspection:
+    loaded = Loaded(model=model, tokenizer=LabelTokenizer(), meta={}, ref="test", label="test",  # type: ignore[arg-type]
+                    config=model.config)
+    return Inspection.of(loaded, tuple(ids), rec, names, layer, head)
+
+
 # -- training ------------------------------------------------------------------------------------------
 def test_training_table_marks_the_true_next_token(model: GPT, ids: list[int]) -> None:
     tv = training_example(model, ids, k=5)
@@ -75,12 +91,19 @@ def test_each_stage_records_only_its_names_and_has_the_printed_shape(model: GPT,
     dims = tuple(int(d) for d in re.findall(r"\d+", printed))
     assert sv.shape[-len(dims):] == dims and sv.values.shape == (T, sv.shape[-1])
     assert all(n.shape == (T,) for n in sv.norms.values())
-    detail = vw.stage_detail(stage, layer, 0, rec, model, [label(i) for i in ids], label)
+    insp = inspection(model, ids, rec, names, layer)
+    assert insp.labels == [f"{p}:{label(i)}" for p, i in enumerate(ids)]
+    detail = vw.stage_detail(insp, stage)
     assert len(detail.figures) == 1 + (stage == "mlp") and bool(detail.panels) == (stage == "attn")
     fig = detail.figures[0]  # the values heatmap beside the norms, on the same position rows
-    assert fig.data[0].type == "heatmap" and list(fig.data[0].y) == [label(i) for i in ids]
+    assert fig.data[0].type == "heatmap" and list(fig.data[0].y) == insp.labels
     assert fig.layout.yaxis2.matches == "y" and len(fig.data) == 1 + len(sv.norms) + (stage == "attn")
     torch.testing.assert_close(torch.tensor(fig.data[1].x), next(iter(sv.norms.values())))
+
+
+def test_the_ids_stage_has_no_figures(model: GPT, ids: list[int]) -> None:
+    detail = vw.stage_detail(inspection(model, ids, None, (), 0), "ids")
+    assert detail.values is None and detail.figures == [] and detail.panels == []
 
 
 def test_stage_values_are_the_models_own(model: GPT, ids: list[int]) -> None:
@@ -186,6 +209,30 @@ def test_a_generation_step_shows_the_crop_and_what_is_drawn(model: GPT) -> None:
     html = vw.context_html(gen.ids, label, step.ctx_start, step.pos)
     assert html.count("line-through") == 5 and html.count("outline") == 1
     assert len(vw.step_figure(table).data) == 2
+
+
+def test_the_loop_steps_show_the_step_as_drawn(model: GPT) -> None:
+    B = model.config.block_size
+    assert "give a prompt longer than" in vw.loop_intro(B, B) and "Next token" in vw.loop_intro(B, B)
+    assert "give a prompt longer" not in vw.loop_intro(B + 1, B) and "cropped away" in vw.loop_intro(B + 1, B)
+    long = torch.randint(40, (B + 5,), generator=torch.Generator().manual_seed(2)).tolist()
+    settings = Settings(temperature=0.7, top_k=5, top_p=1.0, seed=3)
+    gen = Generator(model, long, **settings.generator_kwargs())
+    step = gen.step()
+    parts, table = vw.loop_steps(step, settings, gen.ids, model.config, label)
+    assert [kind for kind, _ in parts] == ["markdown"] * 3 + ["figure"] + ["markdown"] * 3
+    assert table.equals(vw.step_table(step, 0.7, 5, None, label))  # what was drawn from
+    assert parts[0][1].endswith(vw.crop_note(step.pos, B))
+    assert f"({model.config.vocab_size},)" in parts[1][1] and "only the top 5 kept" in parts[2][1]
+    fig = parts[3][1]
+    assert list(fig.data[1].x) == pytest.approx(table["p at temperature 0.7"].tolist())
+    assert f"`{label(step.token)}` (id {step.token})" in parts[4][1] and f"{step.prob:.3f}" in parts[4][1]
+    assert f"grows to {len(gen.ids)} tokens" in parts[5][1]
+    assert parts[6][1] == vw.context_html(gen.ids, label, step.ctx_start, step.pos)
+    greedy = Settings(temperature=0.0)
+    _, g_table = vw.loop_steps(Generator(model, long[:4], temperature=0.0).step(), greedy, long[:5],
+                               model.config, label)
+    assert g_table["p at temperature 0"].max() == 1.0  # greedy: one-hot
 
 
 def test_ids_strip_shows_each_token_with_its_id_escaped() -> None:

@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def flag_of(field: str) -> str:
+    """The command-line flag of a TrainConfig field (learning_rate is nanoGPT's short --lr)."""
+    return "--lr" if field == "learning_rate" else "--" + field.replace("_", "-")
+
+
 def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainConfig:
     """TrainConfig from the flags: a preset + overrides, a run folder's config.json for --run, or
     a recorded run for --resume. ValueError says what is wrong and what to do instead."""
@@ -113,7 +118,7 @@ def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainCo
                              "or latest/); start it without --resume")
         fixed = sorted(set(given) - RESUME_OVERRIDABLE)
         if fixed:
-            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            flags = ", ".join(flag_of(k) for k in fixed)
             raise ValueError(f"--resume keeps the run's recorded settings; drop {flags} (only "
                              "--max-iters, --threads, --device, --compile and intervals may change)")
         cfg = replace(TrainConfig.from_dict(rc["train"]),
@@ -140,7 +145,7 @@ def from_run_folder(run_dir: Path, given: dict[str, Any], world_size: int, rank:
     """The config a prepared, not yet trained run folder holds (read_run_config). Its settings
     are the file's alone: a flag beside --run would make the folder lie about how it was trained."""
     if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given))
+        flags = ", ".join(flag_of(k) for k in sorted(given))
         raise ValueError(f"--run takes every setting from {run_dir / RUN_CONFIG_FILE}; drop {flags}")
     if latest_dir(run_dir).exists():
         raise ValueError(f"{run_dir} has been trained already; continue it with --run {run_dir} "

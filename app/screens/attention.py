@@ -46,7 +46,7 @@ def summary(insp: Inspection, view: va.AttentionView) -> None:
     with st.expander("Induction scores (runs the model on a repeated random sequence)"):
         if st.button("Measure induction", key="attn_induction_go"):
             ss[INDUCTION_KEY] = stamp
-        induction = resources.head_scores(insp.loaded).induction if ss.get(INDUCTION_KEY) == stamp else None
+        induction = resources.model_scores(insp.loaded).induction if ss.get(INDUCTION_KEY) == stamp else None
         if induction is not None:
             st.plotly_chart(va.induction_figure(induction, (insp.layer, insp.head)), width="stretch",
                             key="attn_induction")

@@ -25,8 +25,8 @@ def last_selected(event: Any, name: str) -> Any:
         inner = _inner(items, key) if items is not None else None
         if inner is not None:
             items = inner
-    if isinstance(items, Mapping):
-        items = [items]
+    if isinstance(items, Mapping):  # a single point; an empty mapping is an empty selection
+        items = [items] if items else []
     if not isinstance(items, Sequence) or isinstance(items, str) or not items:
         return None
     return items[-1]

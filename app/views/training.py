@@ -1,6 +1,6 @@
 """What the Train page shows, as pure functions: the form's fields, the runs table, progress
 (tokens/s, ETA), the live loss chart (downsampled) and when to draw a new sample. No Streamlit
-here, and nothing from trainers/: the page passes in what it read (estimates are trainers.estimate's).
+here and no trainers/ import: the page passes in what it read (estimates are trainers.estimate's).
 """
 from __future__ import annotations
 
