@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from app.views.training import loss_series
+from trainers.metrics import loss_series
 from trainers import runs
 from trainers.metrics import MetricsTail
 

@@ -11,8 +11,8 @@ import json
 import math
 import os
 import re
-from pathlib import Path
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -23,8 +23,9 @@ from trainers.estimate import GPT2_VOCAB, estimate_memory
 MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
 TOKENIZERS = ("char", "gpt2")
 RUN_CONFIG_FILE = "config.json"  # in a run folder: {"train": TrainConfig.to_dict(), ...}
-CHAR_VOCAB_BOUND = 256
-_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}  # check_config's character vocabulary before the data is read
+CHAR_VOCAB_BOUND = 256  # check_config's character vocabulary before the data is read
+# the Python types a JSON value may have for each annotation of a TrainConfig field
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
 
 
 @dataclass

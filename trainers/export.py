@@ -16,9 +16,10 @@ import torch
 
 from gpt.checkpoint import (best_dir, has_checkpoint, latest_dir, list_snapshots, load, save,
                             snapshot_dir)
+from trainers.config import RUN_CONFIG_FILE
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-RUN_FILES = ("config.json", "metrics.jsonl", "status.json")
+RUN_FILES = (RUN_CONFIG_FILE, "metrics.jsonl", "status.json")
 
 
 def export_run(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16, force: bool = False
@@ -27,7 +28,7 @@ def export_run(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.floa
     `dtype` without optimizer state. Returns {"checkpoints": n, "bytes": total size of dst}.
     Refuses to overwrite an existing `dst` unless force=True."""
     src, dst = Path(src), Path(dst)
-    if not (src / "config.json").is_file():
+    if not (src / RUN_CONFIG_FILE).is_file():
         raise ValueError(f"{src} is not a run folder (no config.json)")
     if dst.exists():
         if not force:

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gpt.checkpoint import LATEST, SNAPSHOTS, checkpoints_root, latest_dir
+from gpt.checkpoint import CONFIG, LATEST, SNAPSHOTS, WEIGHTS, checkpoints_root, latest_dir
 from trainers.config import (PRESETS, RUN_CONFIG_FILE, TrainConfig, check_config, default_threads,
                              validate_run_name)
 
@@ -95,7 +95,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 def latest_iter(run_dir: str | os.PathLike) -> int | None:
     """The iteration the run's latest/ checkpoint was saved at; None when it has none (yet)."""
-    it = ((read_json(latest_dir(run_dir) / "config.json") or {}).get("meta") or {}).get("iter")
+    it = ((read_json(latest_dir(run_dir) / CONFIG) or {}).get("meta") or {}).get("iter")
     return int(it) if isinstance(it, (int, float)) else None
 
 
@@ -111,8 +111,8 @@ def recover_latest(run_dir: str | os.PathLike) -> None:
     if not latest.is_dir():
         complete = []
         for p in hidden:
-            info = read_json(p / "config.json") if p.name.startswith(f".{LATEST}.") else None
-            if info and (p / "model.safetensors").is_file():
+            info = read_json(p / CONFIG) if p.name.startswith(f".{LATEST}.") else None
+            if info and (p / WEIGHTS).is_file():
                 complete.append((int((info.get("meta") or {}).get("iter", -1)), p))
         if complete:
             os.rename(max(complete)[1], latest)
@@ -361,5 +361,5 @@ def delete(name: str, root: str | os.PathLike | None = None) -> None:
 
 
 __all__ = ["start", "list_runs", "status", "stop", "resume", "delete", "read_metrics",
-           "read_run_config", "launch_failed", "run_path", "pid_alive", "recover_latest",
+           "latest_iter", "run_path", "pid_alive", "recover_latest", "to_argv",
            "PRESETS", "STATES", "LIVE_STATES"]

@@ -99,6 +99,7 @@ def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainCo
         if args.name or args.root:
             raise ValueError("--run names the run folder already; drop --name and --root")
         run_dir = Path(args.run).expanduser().resolve()
+        # from here on --run DIR is --name <its name> --root <its parent>
         args.name, args.root = validate_run_name(run_dir.name), str(run_dir.parent)
         if not args.resume:
             return from_run_folder(run_dir, given, world_size, rank)
@@ -112,8 +113,7 @@ def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainCo
                 (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
             if run_dir.is_dir():
                 runs.recover_latest(run_dir)
-        rc = runs.read_json(run_dir / RUN_CONFIG_FILE)
-        if rc is None or not latest_dir(run_dir).is_dir():
+        if not ((run_dir / RUN_CONFIG_FILE).is_file() and latest_dir(run_dir).is_dir()):
             raise ValueError(f"no resumable run {args.name!r} in {run_dir.parent} (no config.json "
                              "or latest/); start it without --resume")
         fixed = sorted(set(given) - RESUME_OVERRIDABLE)
@@ -121,8 +121,8 @@ def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainCo
             flags = ", ".join(flag_of(k) for k in fixed)
             raise ValueError(f"--resume keeps the run's recorded settings; drop {flags} (only "
                              "--max-iters, --threads, --device, --compile and intervals may change)")
-        cfg = replace(TrainConfig.from_dict(rc["train"]),
-                      **{**given, "name": args.name, "root": str(run_dir.parent)})
+        changes = {k: v for k, v in given.items() if k not in ("name", "root")}  # the folder's own
+        cfg = replace(read_run_config(run_dir), **changes)
         at = runs.latest_iter(run_dir) or 0
         if cfg.max_iters <= at:
             raise ValueError(f"run {args.name!r} is already at iter {at}; pass --max-iters > {at}")

@@ -29,8 +29,8 @@ from gpt import checkpoint as ckpt  # module access, so tests can monkeypatch ck
 from gpt.config import GPTConfig
 from gpt.model import GPT
 from trainers import runs
-from trainers.config import (TrainConfig, check_config, get_lr, is_snapshot_iter, resolve_device,
-                             vocab_bound)
+from trainers.config import (RUN_CONFIG_FILE, TrainConfig, check_config, get_lr, is_snapshot_iter,
+                             resolve_device, vocab_bound)
 from trainers.data import Corpus, default_data
 from trainers.engine import Engine
 from trainers.step import DeferredStep
@@ -116,7 +116,7 @@ class Trainer:
         self.start_iter, self.best_val, self.elapsed_prev = 0, math.inf, 0.0
         self.last_val: float | None = None
         self.last_train: float | None = None
-        run_cfg = runs.read_json(self.run_dir / "config.json") if self.resumed else None
+        run_cfg = runs.read_json(self.run_dir / RUN_CONFIG_FILE) if self.resumed else None
         if self.resumed:
             latest = ckpt.latest_dir(self.run_dir)
             if run_cfg is None or not latest.is_dir():
@@ -173,7 +173,7 @@ class Trainer:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if run_cfg is None:  # a new run: runs.start may have written {"train", "created_at"}
-            started = runs.read_json(self.run_dir / "config.json") or {}
+            started = runs.read_json(self.run_dir / RUN_CONFIG_FILE) or {}
             run_cfg = {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict(),
                        "data": self.corpus.source, "tokenizer": self.tokenizer.to_dict(),
                        "world_size": self.world_size, "device": self.device,
@@ -181,7 +181,7 @@ class Trainer:
         else:  # a resumed run may go further, with other threads; the rest stays as recorded
             run_cfg["train"].update(max_iters=self.cfg.max_iters, threads=self.cfg.threads)
             self._truncate_metrics()
-        runs.write_json_atomic(self.run_dir / "config.json", run_cfg)
+        runs.write_json_atomic(self.run_dir / RUN_CONFIG_FILE, run_cfg)
         prev = runs.read_json(self.run_dir / "status.json") or {}
         self.status = {"state": "running", "pid": os.getpid(), "iter": self.start_iter,
                        "max_iters": self.cfg.max_iters, "message": "training",
@@ -202,7 +202,7 @@ class Trainer:
 
     # -- checkpoints and evaluation ---------------------------------------------------------------
     def _save(self, folder: Path, it: int, with_optimizer: bool) -> None:
-        """Write a checkpoint of now at `folder` (one of gpt.checkpoint's run-layout folders)."""
+        """Save the model as it is now to `folder` (a gpt.checkpoint layout folder of this run)."""
         meta = {"iter": it, "val_loss": self.last_val, "train_loss": self.last_train,
                 "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
                 "run": self.cfg.name, "elapsed_s": round(self._elapsed(), 3)}

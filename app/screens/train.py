@@ -1,20 +1,19 @@
 """Train page: configure and start a background run, see every run, follow one live. Runs are
 detached processes (trainers.runs): leaving the page or reloading never stops one; the page only
-reads run folders, and its live panel polls them every second while a run goes."""
+reads run folders, and its live panel (app.live) polls them every second while a run goes."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import streamlit as st
 
-from app import catalog, resources, state, uploads
+from app import catalog, live, resources, state, uploads
 from app.views import training as tv
 from gpt.checkpoint import latest_dir
 from trainers import estimate, runs
 from trainers.config import TrainConfig, check_config, cpu_cores, default_threads, preset_values
 
-K, MSG, POLL_S, SAMPLE_EVERY_S = "_tr_", "_tr_msg", 1.0, 10.0  # MSG: (level, text) shown after an action
+K, MSG, POLL_S = "_tr_", "_tr_msg", 1.0  # MSG: (level, text) shown after an action
 ss = st.session_state
 
 
@@ -114,36 +113,6 @@ def run_actions(status: dict, live: bool) -> None:
         n.button("Cancel", key=K + "delete_no", on_click=ss.pop, args=(K + "confirm", None))
 
 
-def live_panel(name: str, live_names: frozenset[str]) -> None:
-    """The runs table, then progress, loss chart and sample of the selected run. A change in the
-    set of going runs (one ended, started elsewhere, was deleted) asks for a full rerun."""
-    all_runs = runs.list_runs()
-    now_live = frozenset(r["name"] for r in all_runs if r["state"] in runs.LIVE_STATES)
-    if now_live != live_names or (status := next((r for r in all_runs if r["name"] == name), None)) is None:
-        st.rerun()
-    st.dataframe(tv.run_rows(all_runs), hide_index=True, width="stretch")
-    logged = resources.metrics_tail(str(status["path"])).update()  # only the new rows are parsed
-    fig, points = tv.loss_figure(logged.series, log_y=st.toggle("Log scale", key=K + "logy"))
-    prog = tv.progress(status, logged.last_tokens_per_s)
-    st.caption(tv.status_caption(status["state"], prog, points, live=name in now_live))
-    st.progress(prog.fraction)
-    if note := tv.status_note(status):
-        getattr(st, note[0])(note[1])
-    if points:
-        st.plotly_chart(fig, key=K + "chart", width="stretch", config={"displaylogo": False})
-    else:
-        st.caption("No losses yet: the first ones appear after the first logged step.")
-    if (it := runs.latest_iter(status["path"])) is not None:
-        latest = str(latest_dir(status["path"]))
-        shown, keep = tv.next_sample(ss.get(K + "sample"), latest, it, time.time(), SAMPLE_EVERY_S,
-                                     lambda: resources.run_sample(latest, it))
-        if keep:
-            ss[K + "sample"] = shown
-        st.caption(f"Sample from the latest checkpoint (iter {shown[1]}, temperature 0.8; "
-                   f"refreshed at most every {SAMPLE_EVERY_S:.0f} s):")
-        st.code(shown[3] or " ", language=None)
-
-
 st.title("Train")
 st.caption(tv.threads_caption(default_threads(), cpu_cores()))
 if msg := ss.pop(MSG, None):
@@ -159,4 +128,4 @@ if ss.get(K + "selected") not in (names := [r["name"] for r in all_runs]):
 name = st.selectbox("Run", names, key=K + "selected")
 live_names = frozenset(r["name"] for r in all_runs if r["state"] in runs.LIVE_STATES)
 run_actions(next(r for r in all_runs if r["name"] == name), live=name in live_names)
-st.fragment(run_every=POLL_S if live_names else None)(live_panel)(name, live_names)
+st.fragment(run_every=POLL_S if live_names else None)(live.panel)(name, live_names)
