@@ -19,8 +19,12 @@ import streamlit as st  # noqa: E402
 from app import catalog, components, state  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-# (file under app/, title, url_path, icon); the first is the default page
+# (file under app/, title, url_path, icon); the first is the default page. Material icons are drawn
+# with the font Streamlit ships (no request leaves the machine); the browser-tab icon is a file, since
+# Streamlit fetches a ":material/...:" page_icon from Google's font CDN (tests/e2e/test_offline.py).
 PAGES = [
+    ("screens/home.py", "Home", "home", ":material/home:"),
+    ("screens/walkthrough.py", "Walkthrough", "walkthrough", ":material/school:"),
     ("screens/model.py", "Model", "model", ":material/memory:"),
     ("screens/train.py", "Train", "train", ":material/model_training:"),
     ("screens/attention.py", "Attention", "attention", ":material/grid_on:"),
@@ -28,8 +32,10 @@ PAGES = [
     ("screens/next_token.py", "Next token", "next-token", ":material/format_list_numbered:"),
     ("screens/generate.py", "Generate", "generate", ":material/edit_note:"),
     ("screens/timeline.py", "Timeline", "timeline", ":material/timeline:"),
-    ("screens/walkthrough.py", "Walkthrough", "walkthrough", ":material/school:"),
+    ("screens/patch.py", "Patch", "patch", ":material/build:"),
+    ("screens/attribution.py", "Attribution", "attribution", ":material/account_tree:"),
 ]
+ICON = HERE / "static" / "nanolens.png"  # the browser tab's icon, served by this app
 SIDEBAR_KEY = "_sidebar_model"
 
 
@@ -48,22 +54,22 @@ def _choose(ref: str) -> None:
 
 def model_sidebar() -> None:
     """The current model on every page: the compact picker over the bundled model and the runs."""
-    ref = st.session_state.get(state.MODEL_REF)
-    if ref is None:  # a run may have produced its first checkpoint since the session began
-        ref = st.session_state[state.MODEL_REF] = catalog.default_ref()
     try:
+        ref = st.session_state.get(state.MODEL_REF)
+        if ref is None:  # a run may have produced its first checkpoint since the session began
+            ref = st.session_state[state.MODEL_REF] = catalog.default_ref()
         with st.sidebar:
             chosen = components.picker(SIDEBAR_KEY, "checkpoint", current=ref, on_change=_choose,
                                        help="The model every page inspects; the Model page offers "
                                             "snapshots, paths and uploads.")
-    except OSError as e:  # an unreadable checkpoints root must not take every page down
-        st.sidebar.caption(f"Cannot list runs: {e}")
+    except (OSError, ValueError, RecursionError) as e:  # an unreadable checkpoints root, or a file
+        st.sidebar.caption(f"Cannot list runs: {e}")  # in a run folder, must not take every page down
         return
     if chosen is None:
         st.sidebar.caption("Model: none yet")
 
 
-st.set_page_config(page_title="nanolens", page_icon=":material/visibility:", layout="wide")
+st.set_page_config(page_title="nanolens", page_icon=str(ICON), layout="wide")
 state.init_state()
 pages = [st.Page(f, title=t, url_path=u, icon=i, default=(n == 0))
          for n, (f, t, u, i) in enumerate(p for p in PAGES if (HERE / p[0]).is_file())]

@@ -1,6 +1,7 @@
 """The Model page and the router (AppTest): no model -> guidance; a run -> its card; choosing a
 snapshot, a path or an upload changes the card; a corrupt or hostile upload shows an error and the
-previous model stays chosen; the chosen model is the same on every page."""
+previous model stays chosen; the chosen model is the same on every page. The app opens on the Home
+page (what nanolens is, the model in one line, where to start); the card is on the Model page."""
 from __future__ import annotations
 
 import io
@@ -22,10 +23,15 @@ def root(app_root: Path) -> Path:
     return app_root
 
 
-def app() -> AppTest:
+def app(page: str | None = "screens/model.py") -> AppTest:
+    """The app after its first run (the Home page), then switched to `page` (None: stay on Home)."""
     at = AppTest.from_file(MAIN, default_timeout=60)
     at.run()
     assert not at.exception, at.exception
+    if page is not None:
+        at.switch_page(page)
+        at.run()
+        assert not at.exception, at.exception
     return at
 
 
@@ -162,3 +168,163 @@ def test_bundled_model_is_the_default(root: Path, monkeypatch: pytest.MonkeyPatc
     assert card_value(at, "Iterations trained") == "10"
     assert "bundled · iter_0000010" in text_of(at)
     assert at.selectbox(key="_pick_source").options[0] == "(bundled model)"
+
+
+
+# -- the Home page (the default) ---------------------------------------------------------------------
+def _nanogpt_params(m: dict) -> int:
+    """Parameters of a nanoGPT with biases and tied embeddings, counted from its config alone."""
+    V, B, C, L = m["vocab_size"], m["block_size"], m["n_embd"], m["n_layer"]
+    block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (4 * C * C + 4 * C) + (4 * C * C + C)
+    return V * C + B * C + L * block + 2 * C
+
+
+def _links(at: AppTest) -> dict[str, str]:
+    return {p.proto.label: p.proto.page for p in at.page_link}
+
+
+def test_home_is_the_default_page(root: Path) -> None:
+    import json
+
+    at = app(page=None)
+    assert at.title[0].value == "nanolens"
+    assert not at.metric and not at.expander  # the model card stays on the Model page
+    saved = json.loads((root / "tiny-run" / "latest" / "config.json").read_text())
+    m, meta = saved["model"], saved["meta"]
+    line = next(md.value for md in at.markdown if md.value.startswith("Inspecting "))
+    assert line == (f"Inspecting **tiny-run · latest**: {m['n_layer']} layers × {m['n_head']} heads, "
+                    f"{_nanogpt_params(m) / 1e3:.2f}K parameters, char tokenizer ({m['vocab_size']} tokens), "
+                    f"{meta['iter']} iterations trained, val loss {meta['val_loss']:.4f}.")
+    links = _links(at)
+    assert links.pop("Choose another model") == "model"
+    assert list(links)[:3] == ["Walkthrough", "Train", "Attention"]
+    for page, label in (("patch", "Patch"), ("attribution", "Attribution")):  # only once they exist
+        assert (label in links) == (Path(MAIN).parent / "screens" / f"{page}.py").is_file()
+
+
+def test_home_without_a_model_says_where_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("NANOLENS_BUNDLED", "")
+    st.cache_resource.clear()
+    at = app(page=None)
+    assert any("No model yet: train one or load one" in i.value for i in at.info)
+    assert not any(md.value.startswith("Inspecting ") for md in at.markdown)
+    assert {"train", "model", "walkthrough", "attention"} <= set(_links(at).values())
+
+
+# -- loading and uploading: what the page says (issues 12 and 13) -----------------------------------
+def _nanogpt(root: Path, dataset: str | None = "shakespeare_char") -> tuple[bytes, bytes]:
+    """(ckpt.pt, meta.pkl) as nanoGPT writes them, for the tiny run's best/ weights."""
+    import torch
+
+    from gpt.checkpoint import load
+
+    model, tok, _ = load(root / "tiny-run" / "best")
+    c = model.config
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "iter_num": 30, "config": {"dataset": dataset},
+                "model_args": dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+                                   block_size=c.block_size, bias=c.bias, vocab_size=c.vocab_size,
+                                   dropout=c.dropout)}, buf)
+    meta = {"vocab_size": tok.vocab_size, "itos": dict(enumerate(tok.chars)),
+            "stoi": {ch: i for i, ch in enumerate(tok.chars)}}
+    return buf.getvalue(), pickle.dumps(meta)
+
+
+def _upload(at: AppTest, files: list) -> AppTest:
+    if files:
+        at.file_uploader(key="_pick_upload").set_value(files)
+    at.button(key="_pick_upload_go").click()
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _no_uploads_left(root: Path) -> bool:
+    uploads = root / ".uploads"
+    return not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_nanogpt_out_dir_loads_by_path(root: Path, tmp_path: Path) -> None:
+    """Issue 12, 2: nanoGPT's own layout (out-x/ckpt.pt, data/<dataset>/meta.pkl in the repo) loads,
+    and the card says where the vocabulary was found."""
+    ckpt, meta = _nanogpt(root)
+    repo = tmp_path / "nanoGPT"
+    (repo / "out-x").mkdir(parents=True)
+    (repo / "out-x" / "ckpt.pt").write_bytes(ckpt)
+    (repo / "data" / "shakespeare_char").mkdir(parents=True)
+    (repo / "data" / "shakespeare_char" / "meta.pkl").write_bytes(meta)
+    at = app()
+    at.text_input(key="_pick_path").input(str(repo / "out-x"))
+    at.button(key="_pick_path_go").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["model_ref"] == str(repo / "out-x")
+    where = repo / "data" / "shakespeare_char" / "meta.pkl"
+    assert any(f"meta.pkl found at {where}" in i.value for i in at.info)
+
+
+def test_upload_without_meta_pkl_asks_for_it(root: Path) -> None:
+    ckpt, _ = _nanogpt(root)
+    at = _upload(app(), [("ckpt.pt", ckpt, "application/octet-stream")])
+    msg = at.error[0].value
+    assert "upload meta.pkl together with it" in msg and "data/shakespeare_char/meta.pkl" in msg
+    assert ".uploads" not in msg and "copy" not in msg
+    assert _no_uploads_left(root)
+
+
+def test_empty_upload_says_it_is_empty(root: Path) -> None:
+    at = _upload(app(), [("model.pt", b"", "application/octet-stream")])
+    assert at.error[0].value == "Could not load the upload: model.pt: empty (0 bytes)"
+    assert _no_uploads_left(root)
+
+
+def test_upload_is_labelled_by_its_file_names(root: Path) -> None:
+    ckpt, meta = _nanogpt(root)
+    at = _upload(app(), [("shakespeare.pt", ckpt, "application/octet-stream"),
+                         ("meta.pkl", meta, "application/octet-stream")])
+    assert not at.error, [e.value for e in at.error]
+    assert "Now inspecting upload · shakespeare.pt + meta.pkl." in text_of(at)
+    assert at.subheader[0].value == "upload · shakespeare.pt + meta.pkl"
+
+
+def test_absurd_upload_is_refused_and_discarded(root: Path) -> None:
+    """Issue 13, 6: a 1 KB config claiming 10000 layers, uploaded with real weights."""
+    import json
+
+    src = root / "tiny-run" / "best"
+    info = json.loads((src / "config.json").read_text())
+    info["model"]["n_layer"] = 10_000
+    at = _upload(app(), [("model.safetensors", (src / "model.safetensors").read_bytes(), "application/octet-stream"),
+                         ("config.json", json.dumps(info).encode(), "application/json")])
+    msg = at.error[0].value
+    assert msg.startswith("Could not load the upload: model.safetensors: the config describes") and ".uploads" not in msg
+    assert card_value(at, "Iterations trained") == "30" and _no_uploads_left(root)
+
+
+def test_load_without_a_file_names_the_upload_limit(root: Path) -> None:
+    """Issue 13, 7: a file over the limit never arrives; the message names the 50 MB limit."""
+    at = _upload(app(), [])
+    assert "at most 50 MB" in at.error[0].value and "Path tab" in at.error[0].value
+    assert any("at most 50 MB" in c.value for c in at.caption)
+
+
+def test_run_caught_mid_swap_says_so(root: Path) -> None:
+    """Issue 13, 4: latest/ renamed aside by a save: the card is still the latest (iter 30), and says
+    it was read from the hidden copy, not silently best/."""
+    import os
+
+    run = root / "tiny-run"
+    os.rename(run / "latest", run / ".latest.old-1-abcdef12")
+    at = app()
+    assert at.subheader[0].value == "tiny-run · latest" and card_value(at, "Iterations trained") == "30"
+    assert any("latest/ is being replaced" in i.value for i in at.info)
+
+
+def test_run_without_latest_is_labelled_best(root: Path) -> None:
+    import shutil
+
+    shutil.rmtree(root / "tiny-run" / "latest")
+    at = app()
+    assert at.subheader[0].value == "tiny-run · best (no latest/)"
+    assert any("no complete latest/; showing best/" in i.value for i in at.info)

@@ -3,7 +3,8 @@
 
 Choosing happens in button callbacks, which run before the script, so the card below always shows
 the model that is chosen now. A model that fails to load never replaces the current one: the
-error is shown (st.error with the CheckpointError message) and everything keeps working.
+error is shown (st.error with the CheckpointError message) and everything keeps working. The open
+tab ("_pick_tab") survives every rerun and shows what the choice did; Enter in the path box loads.
 """
 from __future__ import annotations
 
@@ -16,16 +17,18 @@ from app.views.model_card import card_markdown, model_card
 from gpt.checkpoint import CheckpointError
 
 ERROR, NOTICE, PICK = "_model_page_error", "_model_page_notice", "_pick"
+TAB_KEY, TABS = "_pick_tab", ["Bundled model and runs", "Path", "Upload"]
 ss = st.session_state
 
 
 # -- callbacks ---------------------------------------------------------------------------------------
-def use(ref: str, what: str) -> bool:
-    """Make `ref` the current model if it loads; else keep the old one and record the error."""
+def use(ref: str, what: str, upload: bool = False) -> bool:
+    """Make `ref` the current model if it loads; else keep the old one and record the error (an
+    upload's in the user's file names, without the internal path)."""
     try:
         loaded = resources.load_model(ref)
     except CheckpointError as e:
-        ss[ERROR] = f"Could not load {what}: {e}"
+        ss[ERROR] = f"Could not load {what}: {uploads.explain(ref, e) if upload else e}"
         return False
     ss[state.MODEL_REF] = str(ref)
     ss.pop(resources.MODEL_ERROR, None)
@@ -52,14 +55,9 @@ def on_path() -> None:
 
 
 def on_upload() -> None:
-    files = ss.get("_pick_upload") or []
-    try:
-        path = uploads.save_upload([(f.name, f.getvalue()) for f in files])
-    except (CheckpointError, OSError) as e:
-        ss[ERROR] = f"Could not use the upload: {e}"
-        return
-    if not use(str(path), ", ".join(f.name for f in files)):
-        uploads.discard_upload(path)
+    files = [(f.name, f.getvalue()) for f in ss.get("_pick_upload") or []]
+    if err := uploads.try_upload(files, lambda path: use(path, "the upload", upload=True)):
+        ss[ERROR] = f"Could not use the upload: {err}"
 
 
 # -- sections ----------------------------------------------------------------------------------------
@@ -67,6 +65,8 @@ def card(loaded: resources.Loaded) -> None:
     c = model_card(loaded.config, loaded.tokenizer, loaded.meta,
                    loaded.model.get_num_params(non_embedding=False), label=loaded.label)
     st.subheader(loaded.label)
+    if note := loaded.meta.get("load_note"):  # a fallback or recovery, or where meta.pkl was found
+        st.info(note)
     m = st.columns(4)
     m[0].metric("Parameters", c["Parameters"].split(" ")[0])
     m[1].metric("Layers × heads", f"{loaded.config.n_layer} × {loaded.config.n_head}")
@@ -86,27 +86,34 @@ def from_runs() -> None:
 
 
 def from_path() -> None:
-    st.text_input("Path on this machine", key="_pick_path",
-                  placeholder="checkpoints/my-run, …/out/ckpt.pt, or a Hugging Face GPT-2 folder",
-                  help="A nanolens checkpoint or run folder, a nanoGPT ckpt.pt (meta.pkl beside it "
-                       "for character models), or a Hugging Face GPT-2 folder (config.json + weights).")
-    st.button("Load this path", key="_pick_path_go", on_click=on_path)
+    with st.form("_pick_path_form", border=False):  # a form: Enter in the box loads, as the button does
+        st.text_input("Path on this machine", key="_pick_path",
+                      placeholder="checkpoints/my-run, …/out/ckpt.pt, or a Hugging Face GPT-2 folder",
+                      help="A nanolens checkpoint or run folder, a nanoGPT ckpt.pt (meta.pkl beside it "
+                           "for character models), or a Hugging Face GPT-2 folder (config.json + weights).")
+        st.form_submit_button("Load this path", key="_pick_path_go", on_click=on_path)
 
 
 def from_upload() -> None:
     st.file_uploader("Checkpoint files", accept_multiple_files=True, key="_pick_upload",
                      type=["zip", "safetensors", "json", "pt", "ckpt", "pkl"],
                      help=uploads.UPLOAD_HELP[0].upper() + uploads.UPLOAD_HELP[1:] + ".")
-    st.caption(f"Uploads are kept under `{catalog.uploads_dir()}`. Nothing in a file is run as code.")
+    st.caption(f"Each file may be at most {uploads.UPLOAD_LIMIT_MB} MB; load a bigger checkpoint by its "
+               f"path. Uploads are kept under `{catalog.uploads_dir()}` (the newest "
+               f"{uploads.KEEP_UPLOADS}). Nothing in a file is run as code.")
     st.button("Load the upload", key="_pick_upload_go", on_click=on_upload)
+
+
+def messages() -> None:
+    """What the last choice did (its error, or the model now inspected), shown once."""
+    if msg := ss.pop(ERROR, None):
+        st.error(msg)
+    if msg := ss.pop(NOTICE, None):
+        st.success(msg)
 
 
 # -- the page ----------------------------------------------------------------------------------------
 st.title("Model")
-if msg := ss.pop(ERROR, None):
-    st.error(msg)
-if msg := ss.pop(NOTICE, None):
-    st.success(msg)
 loaded = resources.current_model()
 if loaded is None:
     resources.show_no_model()
@@ -114,10 +121,11 @@ else:
     card(loaded)
 
 st.subheader("Choose what to inspect")
-tab_runs, tab_path, tab_upload = st.tabs(["Bundled model and runs", "Path", "Upload"])
-with tab_runs:
-    from_runs()
-with tab_path:
-    from_path()
-with tab_upload:
-    from_upload()
+# Plain st.tabs jump back to the first tab whenever the elements above them change; keyed tabs that
+# track their state keep the open one. Every tab still renders, so all widgets exist on every run.
+# The message goes in the open tab, under the button that caused it, where the user is looking.
+for tab, section in zip(st.tabs(TABS, key=TAB_KEY, on_change="rerun"), (from_runs, from_path, from_upload)):
+    with tab:
+        section()
+        if tab.open:
+            messages()

@@ -106,7 +106,7 @@ def test_train_live_reload_stop(page, app_server, train_root: Path) -> None:
     screenshot(page, "train")
 
     page.set_viewport_size({"width": 1280, "height": 1600})
-    open_app(page, url)  # the Model page (the default); the stopped run is now the model to inspect
+    open_app(page, url + "/model")  # the stopped run is now the model to inspect
     assert_no_exception(page)
     page.get_by_text("Iterations trained").first.wait_for()
     assert page.get_by_text("No model yet").count() == 0
