@@ -54,15 +54,21 @@ NO_MODEL = "No model yet: train one or load one."
 
 # -- models ------------------------------------------------------------------------------------------
 def checkpoint_stamp(ref: str) -> str:
-    """`<resolved checkpoint>@<mtime_ns>`: changes whenever the checkpoint a ref names is rewritten
-    (a running run replaces latest/ at each eval), so load_model never serves a stale model."""
+    """`<resolved checkpoint>@<newest mtime_ns>` of the checkpoint a ref names and of the files
+    load reads beside it (config.json, weights, ckpt.pt, meta.pkl), so load_model never serves a
+    stale model: a running run replaces latest/ at each eval, and a meta.pkl put beside a ckpt.pt
+    must be read. Works for everything gpt.checkpoint.load accepts (a nanoGPT out_dir has no
+    config.json); CheckpointError when the ref cannot be read."""
+    from gpt.checkpoint import CONFIG, WEIGHTS  # (the module's import lines are shared)
+
     p = resolve_checkpoint(ref)
+    folder = p if p.is_dir() else p.parent
     try:
-        mtime = max((p / "config.json").stat().st_mtime_ns, p.stat().st_mtime_ns) if p.is_dir() \
-            else p.stat().st_mtime_ns
+        stamps = [f.stat().st_mtime_ns for f in (p, folder, *(folder / n for n in (
+            CONFIG, WEIGHTS, "ckpt.pt", "meta.pkl", "pytorch_model.bin"))) if f == p or f.exists()]
     except OSError as e:
-        raise CheckpointError(f"{p}: cannot be read ({e})") from None
-    return f"{p}@{mtime}"
+        raise CheckpointError(f"{p}: cannot be read ({e.strerror or e})") from None
+    return f"{p}@{max(stamps)}"
 
 
 def _make_loaded(ref: str, stamp: str) -> Loaded:

@@ -10,7 +10,12 @@ A native checkpoint is a folder:
 
 Nothing here ever runs code from a file: weights are safetensors or torch.load(weights_only=True),
 and nanoGPT's meta.pkl goes through an unpickler that refuses every class (gpt/imports.py).
-Anything that is not a checkpoint raises CheckpointError naming the file and the problem.
+Anything that is not a checkpoint raises CheckpointError naming the file and the problem; a config
+is checked against the weights before a model is built (gpt/weights.py).
+
+A save is two renames; a process killed between them leaves complete hidden copies
+(.<name>.tmp-*, .<name>.old-*) and no folder. `load` reads through them and says so in
+meta["load_note"]; `recover(run_dir)` puts the newest complete copy back, deleting nothing complete.
 
 Run folders (written by trainers/, read by app/): <root>/<run>/ with config.json (the run config),
 metrics.jsonl, status.json, latest/ (native + optimizer.pt), best/, snapshots/iter_0000000/...
@@ -31,16 +36,16 @@ import torch
 from gpt.config import GPTConfig
 from gpt.model import GPT
 from gpt.tokenizer import Tokenizer, tokenizer_from_dict
+# CheckpointError and the weights checks live in gpt/weights.py; they are re-exported from here
+from gpt.weights import (MAX_JSON_BYTES, TIED, CheckpointError, build_model, check_shapes,
+                         error_detail, file_problem, load_state_dict_file, safetensors_shapes,
+                         size_words)
 
 FORMAT, VERSION = "nanolens", 1
 WEIGHTS, CONFIG, OPTIMIZER = "model.safetensors", "config.json", "optimizer.pt"
-TIED = ("lm_head.weight", "transformer.wte.weight")  # (dropped on save, kept)
 STORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SNAPSHOT_RE = re.compile(r"iter_(\d+)")
-
-
-class CheckpointError(ValueError):
-    """A path is not a loadable checkpoint; the message names the file and what is wrong."""
+HIDDEN_RE = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-\w[\w-]*")  # save's .<name>.tmp-<pid>-<hex> folders
 
 
 def checkpoints_root() -> Path:
@@ -75,8 +80,8 @@ def save(path: str | os.PathLike, model: torch.nn.Module, tokenizer: Tokenizer,
     its state_dict. Everything is written into a hidden temp folder beside `path` and fsynced; then
     the folder is renamed into place. If `path` exists, it is first renamed aside to a hidden
     `.<name>.old-*` folder and deleted after the swap: a crash between those two renames leaves no
-    folder at `path` (complete copies remain in the `.tmp-`/`.old-` folders, which load, list_snapshots
-    and resolve_checkpoint ignore), never a half-written one.
+    folder at `path` (complete copies remain in the `.tmp-`/`.old-` folders: load reads the newest
+    and says so, recover puts it back; list_snapshots ignores them), never a half-written one.
     """
     path = Path(path)
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
@@ -137,9 +142,13 @@ def save(path: str | os.PathLike, model: torch.nn.Module, tokenizer: Tokenizer,
 # -- reading ---------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict[str, Any]:
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:  # a config is a few KB; never read a huge file whole
+            raise CheckpointError(f"{path}: {size_words(path.stat().st_size)}, too large for a config file")
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not readable JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a config file") from None
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(d).__name__}")
     return d
@@ -225,94 +234,139 @@ def list_snapshots(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def resolve_checkpoint(path: str | os.PathLike, which: str | int = "latest") -> Path:
-    """The checkpoint that `path` names.
+# -- interrupted saves: hidden copies, reading through them, recovering them ------------------------
+def _newness(folder: Path) -> tuple[int, int]:
+    """How new a complete checkpoint is: its meta iter (-1 when absent), then config.json's mtime."""
+    try:
+        meta = _read_json(folder / CONFIG).get("meta")
+        it = meta.get("iter") if isinstance(meta, dict) else None
+        return (it if isinstance(it, int) and not isinstance(it, bool) else -1,
+                (folder / CONFIG).stat().st_mtime_ns)
+    except (CheckpointError, OSError):
+        return (-1, 0)
 
-    For a run folder: which="latest" gives latest/, else best/, else the newest snapshot;
-    "best" gives best/; an int gives snapshots/iter_<n:07d>. Any other path is returned as is
-    (when it exists) for `load` to detect. CheckpointError when there is no such checkpoint.
-    """
+
+def _iter_words(folder: Path) -> str:
+    it = _newness(folder)[0]
+    return f" (iter {it})" if it >= 0 else ""
+
+
+def _hidden_of(parent: Path) -> dict[str, list[Path]]:
+    """{name: [its .<name>.tmp-* / .<name>.old-* folders]} in `parent` (complete or not)."""
+    out: dict[str, list[Path]] = {}
+    try:
+        for p in parent.iterdir():
+            m = HIDDEN_RE.fullmatch(p.name)
+            if m and p.is_dir() and not p.is_symlink():
+                out.setdefault(m["name"], []).append(p)
+    except OSError:
+        pass
+    return out
+
+
+def hidden_copies(target: str | os.PathLike) -> list[Path]:
+    """The complete copies of `target` that a save in progress, or one killed between its two
+    renames, has beside it (.<name>.tmp-*, .<name>.old-*), newest first."""
+    t = Path(target)
+    return sorted((p for p in _hidden_of(t.parent).get(t.name, []) if _is_native(p)),
+                  key=_newness, reverse=True)
+
+
+def _swapped(name: str, copy: Path) -> str:
+    return (f"{name}/ is being replaced (a save in progress, or one that was interrupted); loaded "
+            f"its complete copy {copy.name}{_iter_words(copy)}")
+
+
+def _resolve(path: str | os.PathLike, which: str | int = "latest") -> tuple[Path, str | None]:
+    """(the checkpoint `path` names, a note when it is not exactly the folder asked for, else None)."""
     p = Path(path)
-    if not p.exists():
-        left = sorted(x.name for x in p.parent.glob(f".{p.name}.*-*") if (x / WEIGHTS).is_file())
-        hint = (f"; an interrupted save left {left} beside it: rename the newest to {p.name!r} to "
-                "recover it") if left else ""
-        raise CheckpointError(f"{p}: no such file or folder{hint}")
+    try:
+        exists = p.exists()
+    except OSError as e:  # ENAMETOOLONG and friends
+        raise CheckpointError(f"{p}: cannot be read ({e.strerror or e})") from None
+    if not exists:
+        copies = hidden_copies(p)
+        if copies:
+            return copies[0], _swapped(p.name, copies[0]) + "."
+        raise CheckpointError(f"{p}: no such file or folder")
     if not (p.is_dir() and _is_run(p) and not _is_native(p)):
-        return p
-    snaps = list_snapshots(p)
+        return p, None
     if isinstance(which, int) and not isinstance(which, bool):
+        snaps = list_snapshots(p)
         for it, sp in snaps:
             if it == which:
-                return sp
+                return sp, None
+        copies = hidden_copies(snapshot_dir(p, which))
+        if copies:
+            return copies[0], _swapped(f"{SNAPSHOTS}/{snapshot_dir(p, which).name}", copies[0]) + "."
         raise CheckpointError(f"{p}: no snapshot for iter {which}; "
                               f"available: {[it for it, _ in snaps] or 'none'}")
     if which not in ("latest", "best"):
         raise CheckpointError(f"which must be 'latest', 'best' or an iteration number, got {which!r}")
-    order = [latest_dir(p), best_dir(p)] if which == "latest" else [best_dir(p)]
-    for c in order:
-        if _is_native(c):
-            return c
+    for name in [LATEST, BEST] if which == "latest" else [BEST]:
+        folder = p / name
+        found = folder if _is_native(folder) else next(iter(hidden_copies(folder)), None)
+        if found is None:
+            continue
+        notes = [f"{p.name} has no complete latest/; showing best/{_iter_words(found)} instead."
+                 if name != which else "", _swapped(name, found) + "." if found != folder else ""]
+        return found, " ".join(n for n in notes if n) or None
+    snaps = list_snapshots(p)
     if which == "latest" and snaps:
-        return snaps[-1][1]
+        return snaps[-1][1], (f"{p.name} has no latest/ or best/ yet; showing its newest snapshot "
+                              f"(iter {snaps[-1][0]}).")
     what = "best/" if which == "best" else "complete latest/, best/ or snapshots/iter_*"
     raise CheckpointError(f"{p}: run folder has no checkpoint yet (no {what})")
 
 
-def error_detail(e: BaseException) -> str:
-    """The informative line of an exception; torch's weights_only errors wrap it in advice to
-    set weights_only=False, which nanolens never does."""
-    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(boiler)] or lines or [""]
-    return f"{type(e).__name__}: {useful[0][:300]}"
+def resolve_checkpoint(path: str | os.PathLike, which: str | int = "latest") -> Path:
+    """The checkpoint that `path` names.
+
+    For a run folder: which="latest" gives latest/, else best/, else the newest snapshot;
+    "best" gives best/; an int gives snapshots/iter_<n:07d>. Where the folder asked for is missing
+    because a save is swapping it (or was killed mid-swap), its newest complete hidden copy is
+    given instead (load says so in meta["load_note"]). Any other path is returned as is (when it
+    exists) for `load` to detect. CheckpointError when there is no such checkpoint.
+    """
+    return _resolve(path, which)[0]
 
 
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file, or a torch file read with weights_only=True."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # SafetensorError, UnpicklingError, RuntimeError (bad zip), EOFError...
-        raise CheckpointError(f"{path}: cannot be read as weights ({error_detail(e)})") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensors")
-    return sd
+def recover(run_dir: str | os.PathLike) -> list[str]:
+    """Put a run folder right after a process was killed inside `save`; call it only while no
+    process writes the run (resume does, before it trains).
+
+    For latest/, best/ and each snapshot, the newest complete copy among the folder itself and
+    the hidden copies an interrupted save left (.<name>.tmp-*, .<name>.old-*) is put in place.
+    Then the hidden leftovers that are incomplete, or no newer than what is now in place, are
+    removed: a complete copy is removed only once one at least as new is in place, so nothing
+    is lost. A folder in the way that is not a nanolens checkpoint is left alone, with its
+    copies. Returns one line per folder restored, e.g. "best/: restored .best.tmp-12-ab (iter 40)".
+    """
+    d = Path(run_dir)
+    restored = []
+    for parent in (d, d / SNAPSHOTS):
+        for name, hidden in sorted(_hidden_of(parent).items()):
+            target = parent / name
+            complete = [p for p in hidden if _is_native(p)]
+            newest = max(complete, key=_newness, default=None)
+            if newest is not None and (not _is_native(target) or _newness(newest) > _newness(target)):
+                if target.exists() or target.is_symlink():
+                    if not (target.is_dir() and (_is_ours(target) or not any(target.iterdir()))):
+                        continue  # not ours: touch nothing here
+                    aside = parent / f".{name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                    os.rename(target, aside)
+                    hidden.append(aside)
+                os.rename(newest, target)
+                hidden.remove(newest)
+                where = f"{SNAPSHOTS}/{name}/" if parent != d else f"{name}/"
+                restored.append(f"{where}: restored the complete copy {newest.name}{_iter_words(target)}")
+            for p in hidden:  # incomplete, or no newer than the complete copy now in place
+                shutil.rmtree(p, ignore_errors=True)
+            _fsync(parent)
+    return restored
 
 
-def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: Path,
-                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> GPT:
-    """A GPT with weights `sd` (nanoGPT key names); CheckpointError naming `source` and the first
-    missing / unexpected / mis-shaped key. lm_head.weight may be absent (tied) or equal to wte."""
-    model = GPT(config)
-    sd = dict(sd)
-    if TIED[0] in sd:
-        if TIED[1] in sd and not torch.equal(sd[TIED[0]], sd[TIED[1]]):
-            raise CheckpointError(f"{source}: lm_head.weight differs from transformer.wte.weight; "
-                                  "only models with tied embeddings are supported")
-        del sd[TIED[0]]
-    expected = {k: v for k, v in model.state_dict().items() if k != TIED[0]}
-    missing = [k for k in expected if k not in sd]
-    if missing:
-        raise CheckpointError(f"{source}: missing weights {missing[:5]}"
-                              f"{f' (and {len(missing) - 5} more)' if len(missing) > 5 else ''}")
-    unexpected = sorted(set(sd) - set(expected))
-    if unexpected:
-        raise CheckpointError(f"{source}: unexpected weights {unexpected[:5]} for this config")
-    for k, v in expected.items():
-        if sd[k].shape != v.shape:
-            raise CheckpointError(f"{source}: {k} has shape {tuple(sd[k].shape)}, the config "
-                                  f"needs {tuple(v.shape)}")
-        if not sd[k].is_floating_point():  # NaNs are allowed: a diverged run is worth inspecting
-            raise CheckpointError(f"{source}: {k} is {sd[k].dtype}, expected floating point")
-    sd[TIED[0]] = sd[TIED[1]]
-    model.load_state_dict(sd, strict=True)  # copies (and casts) into the tied parameters
-    return model.to(device=device, dtype=dtype).eval()
-
-
+# -- loading ---------------------------------------------------------------------------------------
 def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype
                  ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     info = _read_json(folder / CONFIG)
@@ -320,29 +374,29 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(f"{folder / CONFIG}: format version {version!r} is newer than "
                               f"this nanolens reads ({VERSION}); update nanolens")
+    meta = info.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{folder / CONFIG}: 'meta' must be a JSON object, got {type(meta).__name__}")
     try:
         config = GPTConfig.from_dict(info["model"])
         tokenizer = tokenizer_from_dict(info["tokenizer"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{folder / CONFIG}: bad model or tokenizer entry ({e})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{folder / CONFIG}: bad model or tokenizer entry ({str(e)[:200]})") from None
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(f"{folder / CONFIG}: tokenizer has {tokenizer.vocab_size} tokens, "
                               f"more than the model's vocab_size {config.vocab_size}")
+    shapes, nbytes = safetensors_shapes(folder / WEIGHTS)
+    check_shapes(config, shapes, folder / WEIGHTS, nbytes)  # before a single tensor is read
     model = build_model(config, load_state_dict_file(folder / WEIGHTS), folder / WEIGHTS, device, dtype)
-    meta = dict(info.get("meta") or {})
+    meta = dict(meta)
     meta.update(source_format=FORMAT, source=str(folder))
     return model, tokenizer, meta
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-         ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
-    """(model in eval mode, tokenizer, meta) from any checkpoint this project understands:
-    a native folder (or its model.safetensors / config.json), a run folder (latest, else best,
-    else newest snapshot), a nanoGPT ckpt.pt (or its out_dir; tokenizer from a meta.pkl beside
-    it), or a Hugging Face GPT-2 folder. `meta` gains "source_format" and "source"."""
+def _load_resolved(p: Path, device: str | torch.device, dtype: torch.dtype
+                   ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     from gpt import imports  # imports.py uses build_model from here; imported late to avoid a cycle
 
-    p = resolve_checkpoint(path)
     if p.is_file():
         if p.name in (WEIGHTS, CONFIG, "pytorch_model.bin") and (p.parent / CONFIG).is_file():
             p = p.parent
@@ -354,6 +408,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
             raise CheckpointError(f"{p}: a safetensors file needs its config.json beside it")
         else:
             return imports.load_nanogpt(p, device, dtype)
+    elif not p.is_dir():  # never open a device or a pipe: /dev/zero never ends, a FIFO blocks
+        raise CheckpointError(f"{p}: not a regular file or folder (a device, pipe or socket); "
+                              "give a checkpoint file or folder")
     if _is_native(p):
         return _load_native(p, device, dtype)
     if (p / CONFIG).is_file():
@@ -369,6 +426,60 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
     raise CheckpointError(f"{p}: not a checkpoint (expected a nanolens folder with {WEIGHTS} + "
                           f"{CONFIG}, a run folder, a nanoGPT ckpt.pt or a Hugging Face GPT-2 "
                           f"folder){hint}")
+
+
+def _plain(path: str | os.PathLike, e: BaseException) -> CheckpointError:
+    """Any failure inside load as a CheckpointError with a plain reason."""
+    if isinstance(e, RecursionError):
+        why = "nested too deeply to be a checkpoint"
+    elif isinstance(e, MemoryError):
+        why = "needs more memory than this machine has"
+    elif isinstance(e, OSError):
+        why = f"cannot be read ({e.strerror or e})"
+    else:
+        why = f"cannot be loaded ({error_detail(e)})"
+    return CheckpointError(f"{path}: {why}")
+
+
+def _load_once(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype, retry: bool
+               ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
+    p = None
+    try:
+        p, note = _resolve(path)
+        model, tok, meta = _load_resolved(p, device, dtype)
+    except CheckpointError as e:
+        if retry and p is not None and not p.exists():
+            raise _Swapped(str(e)) from None
+        raise
+    except Exception as e:
+        raise _plain(path, e) from None
+    notes = [n for n in (note, meta.get("load_note")) if n]
+    if notes:
+        meta["load_note"] = " ".join(notes)
+    return model, tok, meta
+
+
+class _Swapped(CheckpointError):
+    """The folder being read was swapped away by a save."""
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+         ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
+    """(model in eval mode, tokenizer, meta) from any checkpoint this project understands:
+    a native folder (or its model.safetensors / config.json), a run folder (latest, else best,
+    else newest snapshot), a nanoGPT ckpt.pt (or its out_dir; tokenizer from a meta.pkl beside
+    it or in nanoGPT's data/<dataset>/), or a Hugging Face GPT-2 folder.
+
+    `meta` gains "source_format" and "source", and "load_note" when something needs saying: that
+    latest/ was being swapped and its complete hidden copy was loaded, that a run without a
+    complete latest/ showed best/ or a snapshot, or where meta.pkl was found. Every failure is a
+    CheckpointError with a plain reason; a config is checked against the weights before anything
+    is built, so a tiny config file cannot make a huge model.
+    """
+    try:
+        return _load_once(path, device, dtype, retry=True)
+    except _Swapped:  # a save swapped the folder away while we read it: look again, once
+        return _load_once(path, device, dtype, retry=False)
 
 
 def load_optimizer_state(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -4,6 +4,11 @@ Called by gpt.checkpoint.load, which detects the format; use that rather than th
 No code from a file ever runs: torch.load(weights_only=True) for tensors, and nanoGPT's meta.pkl
 goes through `_NoClassUnpickler`, which refuses every class and function reference (a plain dict of
 str / int / list needs none), so a pickle that would call os.system fails before anything runs.
+
+A character-level nanoGPT model keeps its vocabulary in meta.pkl. It is looked for beside the
+ckpt.pt, then where nanoGPT's own layout puts it (data/<dataset>/meta.pkl, the dataset read from
+the checkpoint's config) under the out_dir and the folder above it; meta["load_note"] says where
+it was found, and MissingTokenizerError says where it was looked for.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from typing import Any
 
 import torch
 
-from gpt.checkpoint import CheckpointError, build_model, error_detail, load_state_dict_file
+from gpt.weights import (MAX_JSON_BYTES, CheckpointError, build_model, file_problem,
+                         load_state_dict_file, size_words)
 from gpt.config import GPTConfig
 from gpt.model import GPT
 from gpt.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
@@ -31,6 +37,15 @@ GPT2_VOCAB = 50257
 Loaded = tuple[GPT, Tokenizer, dict[str, Any]]
 
 
+class MissingTokenizerError(CheckpointError):
+    """A character-level ckpt.pt without its meta.pkl. `dataset`: the dataset its config names
+    (None when it names none); `where`: where nanoGPT keeps that meta.pkl, in words."""
+
+    def __init__(self, message: str, dataset: str | None, where: str) -> None:
+        super().__init__(message)
+        self.dataset, self.where = dataset, where
+
+
 # -- nanoGPT ---------------------------------------------------------------------------------------
 class _NoClassUnpickler(pickle.Unpickler):
     """Builds only pickle's built-in containers and scalars; any class or function is refused."""
@@ -42,10 +57,18 @@ class _NoClassUnpickler(pickle.Unpickler):
 
 def read_meta_pkl(path: Path) -> CharTokenizer:
     """A CharTokenizer from nanoGPT's meta.pkl ({'vocab_size', 'itos', 'stoi'}), in itos order."""
+    size = path.stat().st_size
+    if size == 0 or size > MAX_JSON_BYTES:  # a vocabulary is a few KB
+        why = "empty (0 bytes)" if size == 0 else f"{size_words(size)}, too large for a vocabulary"
+        raise CheckpointError(f"{path}: {why}; expected nanoGPT's meta.pkl")
     try:
         meta = _NoClassUnpickler(io.BytesIO(path.read_bytes())).load()
-    except Exception as e:  # UnpicklingError, EOFError, ValueError, ... on hostile or broken files
-        raise CheckpointError(f"{path}: not a plain nanoGPT meta.pkl ({type(e).__name__}: {e})") from None
+    except pickle.UnpicklingError as e:
+        if "refusing" in str(e):  # our own refusal of a class: say which
+            raise CheckpointError(f"{path}: not a plain nanoGPT meta.pkl ({e})") from None
+        raise CheckpointError(f"{path}: {file_problem(path)}; expected nanoGPT's meta.pkl") from None
+    except Exception:  # EOFError, ValueError, RecursionError ... on broken files
+        raise CheckpointError(f"{path}: {file_problem(path)}; expected nanoGPT's meta.pkl") from None
     itos = meta.get("itos") if isinstance(meta, dict) else None
     if not isinstance(itos, dict) or sorted(itos) != list(range(len(itos))):
         raise CheckpointError(f"{path}: expected a dict with 'itos' mapping 0..n-1 to characters, "
@@ -64,8 +87,7 @@ def _read_nanogpt(path: Path) -> dict[str, Any]:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses code; random bytes / truncation fail to parse
-        raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint ({error_detail(e)}); "
-                              "nanolens reads only plain tensors and never runs code from a file") from None
+        raise CheckpointError(f"{path}: {file_problem(path, e)}") from None
     if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict) \
             or not isinstance(ck.get("model_args"), dict):
         keys = sorted(ck)[:10] if isinstance(ck, dict) else type(ck).__name__
@@ -99,25 +121,45 @@ def load_nanogpt(path: Path, device: str | torch.device, dtype: torch.dtype) -> 
             sd[k] = v
     model = build_model(config, sd, path, device, dtype)
 
-    meta_pkl = path.parent / "meta.pkl"
-    if meta_pkl.is_file():
+    meta: dict[str, Any] = {"source_format": "nanogpt", "source": str(path)}
+    meta_pkl, dataset = find_meta_pkl(path, ck)
+    if meta_pkl is not None:
         tokenizer: Tokenizer = read_meta_pkl(meta_pkl)
         if tokenizer.vocab_size > config.vocab_size:
             raise CheckpointError(f"{meta_pkl}: {tokenizer.vocab_size} characters, but {path.name} "
                                   f"has vocab_size {config.vocab_size}; is it the right meta.pkl?")
+        if meta_pkl.parent != path.parent:
+            meta["load_note"] = f"The vocabulary is nanoGPT's meta.pkl found at {meta_pkl}."
+        meta["meta_pkl"] = str(meta_pkl)
     elif config.vocab_size >= GPT2_VOCAB:
         tokenizer = GPT2Tokenizer()
     else:
-        dataset = (ck.get("config") or {}).get("dataset") if isinstance(ck.get("config"), dict) else None
-        where = f"nanoGPT's data/{dataset}/meta.pkl" if isinstance(dataset, str) else "the dataset's meta.pkl"
-        raise CheckpointError(f"{path}: vocab_size {config.vocab_size} is not GPT-2's, so the tokenizer "
-                              f"is in a meta.pkl; copy {where} beside {path.name}")
-    meta: dict[str, Any] = {"source_format": "nanogpt", "source": str(path)}
+        where = f"data/{dataset}/meta.pkl" if dataset else "its dataset's meta.pkl"
+        looked = f" or in {where} under {path.parent} and {path.parent.parent}" if dataset else ""
+        raise MissingTokenizerError(
+            f"{path}: vocab_size {config.vocab_size} is not GPT-2's, so this character model's "
+            f"vocabulary is in nanoGPT's {where}; none was found beside {path.name}{looked}. "
+            f"Put that meta.pkl beside {path.name}", dataset, where)
     if "iter_num" in ck:
         meta["iter"] = int(_scalar(ck["iter_num"]))
     if "best_val_loss" in ck:
         meta["best_val_loss"] = float(_scalar(ck["best_val_loss"]))
     return model, tokenizer, meta
+
+
+def find_meta_pkl(path: Path, ck: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """(the meta.pkl for the ckpt.pt at `path`, or None; the dataset its config names, or None).
+    Looked for beside it, then at data/<dataset>/meta.pkl under its folder and the one above
+    (nanoGPT's train.py runs in the repo, writing out_dir/ckpt.pt beside data/)."""
+    cfg = ck.get("config")
+    dataset = cfg.get("dataset") if isinstance(cfg, dict) else None
+    if not (isinstance(dataset, str) and dataset and Path(dataset).name == dataset
+            and dataset not in (".", "..")):
+        dataset = None  # a plain folder name only: nothing from the file may point elsewhere
+    places = [path.parent / "meta.pkl"]
+    if dataset:
+        places += [base / "data" / dataset / "meta.pkl" for base in (path.parent, path.parent.parent)]
+    return next((p for p in places if p.is_file()), None), dataset
 
 
 def nanogpt_optimizer_state(path: Path) -> dict[str, Any] | None:

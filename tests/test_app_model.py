@@ -328,3 +328,18 @@ def test_run_without_latest_is_labelled_best(root: Path) -> None:
     at = app()
     assert at.subheader[0].value == "tiny-run · best (no latest/)"
     assert any("no complete latest/; showing best/" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("data, says", [(b"", "empty (0 bytes)"),
+                                        (b"garbage " * 50, "not a PyTorch zip or pickle file")])
+def test_bad_file_by_path_says_what_it_is_once(root: Path, tmp_path: Path, data: bytes, says: str) -> None:
+    """Issue 12, 3: no Python internals, and the path appears once."""
+    bad = tmp_path / "ckpt.pt"
+    bad.write_bytes(data)
+    at = app()
+    at.text_input(key="_pick_path").input(str(bad))
+    at.button(key="_pick_path_go").click()
+    at.run()
+    msg = at.error[0].value
+    assert msg.startswith(f"Could not load that path: {bad}: {says}") and msg.count(str(bad)) == 1
+    assert not any(w in msg for w in ("EOFError", "IndexError", "Unpickling", "Traceback"))

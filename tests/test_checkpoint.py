@@ -160,21 +160,35 @@ def test_crash_mid_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_crash_between_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The documented window: old moved aside, new not yet in place. No half checkpoint is
-    loaded: the run falls back to best/, and the folder itself is simply absent."""
+    loaded, and the run is not silently shown as best/ (issue 13, 4): load reads the newest
+    complete hidden copy of latest/ (the new one, iter 3) and says so in meta["load_note"]."""
     run = tmp_path / "run"
-    best = tiny(0)
-    save(run / "best", best, TOK, meta={"iter": 1})
+    save(run / "best", tiny(0), TOK, meta={"iter": 1})
     save(run / "latest", tiny(2), TOK, meta={"iter": 2})
     with monkeypatch.context() as mp:
         _crash_in(mp, "rename", after=1)
         with pytest.raises(OSError, match="simulated"):
             save(run / "latest", tiny(3), TOK, meta={"iter": 3})
     assert not (run / "latest").exists()
-    with pytest.raises(CheckpointError, match=r"interrupted save left \['\.latest\.(old|tmp)-"):
-        load(run / "latest")
-    assert resolve_checkpoint(run) == run / "best"
+    for ref in (run, run / "latest"):
+        m, _, meta = load(ref)
+        assert meta["iter"] == 3 and same_weights(m, tiny(3))
+        assert "latest/ is being replaced" in meta["load_note"] and ".latest.tmp-" in meta["load_note"]
+    assert resolve_checkpoint(run).name.startswith(".latest.tmp-")
+    assert "load_note" not in load(run / "best")[2]  # nothing to say about an intact folder
+
+
+def test_run_without_latest_says_what_it_shows(tmp_path: Path) -> None:
+    """A run with no complete latest/ anywhere shows best/, and says so instead of passing it
+    off as latest; with neither, the newest snapshot, said too."""
+    run = tmp_path / "run"
+    save(run / "snapshots" / "iter_0000000", tiny(0), TOK, meta={"iter": 0})
+    assert "newest snapshot (iter 0)" in load(run)[2]["load_note"]
+    save(run / "best", tiny(1), TOK, meta={"iter": 5})
     m, _, meta = load(run)
-    assert meta["iter"] == 1 and same_weights(m, best)
+    assert meta["iter"] == 5 and "no complete latest/; showing best/ (iter 5)" in meta["load_note"]
+    save(run / "latest", tiny(2), TOK, meta={"iter": 6})
+    assert "load_note" not in load(run)[2]
 
 
 # -- run folders -----------------------------------------------------------------------------------
@@ -330,3 +344,198 @@ def test_wrong_shapes_and_missing_keys(tmp_path: Path) -> None:
     (p / "config.json").write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match=r"unexpected weights \['transformer\.h\.1\."):
         load(p)
+    info["model"].update(n_layer=2)
+    (p / "config.json").write_text(json.dumps(info))
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(p / "model.safetensors"))
+    sd["transformer.h.9.extra"] = sd.pop("transformer.h.1.ln_2.weight")  # as many tensors, one renamed
+    save_file(sd, str(p / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing weights \['transformer\.h\.1\.ln_2\.weight'\]$"):
+        load(p)
+
+
+# -- absurd checkpoints: a CheckpointError with a plain reason, and nothing built (issue 13, 6) ----
+def _with_model_config(tmp_path: Path, **changes) -> Path:
+    """A real tiny checkpoint whose config.json claims other model settings."""
+    p = save(tmp_path / "ck", tiny(), TOK)
+    info = json.loads((p / "config.json").read_text())
+    info["model"].update(changes)
+    (p / "config.json").write_text(json.dumps(info))
+    return p
+
+
+@pytest.fixture
+def never_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a GPT is constructed: an absurd config must be refused before that."""
+    import gpt.weights
+
+    def refuse(config):
+        raise AssertionError(f"a GPT was built for {config}")
+    monkeypatch.setattr(gpt.weights, "GPT", refuse)
+
+
+@pytest.mark.parametrize("field, value", [("block_size", 10**9), ("n_embd", 10**6)])
+def test_huge_size_in_config_is_refused_before_building(tmp_path: Path, never_build, field, value) -> None:
+    p = _with_model_config(tmp_path, **{field: value})
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: the config describes [\d,]+ parameters"
+                                              r" .* but the file has .*do not belong together"):
+        load(p)
+
+
+@pytest.mark.parametrize("n_layer", [10_000, 10**7])
+def test_many_layers_in_a_small_config_cost_nothing(tmp_path: Path, never_build, n_layer: int) -> None:
+    """The issue's 1 KB config with n_layer 10000 (11 s, +470 MB before) and 1e7 (7.3 GB)."""
+    p = _with_model_config(tmp_path, n_layer=n_layer)
+    assert (p / "config.json").stat().st_size < 1024
+    with pytest.raises(CheckpointError, match="parameters"):
+        load(p)
+
+
+def test_many_layers_in_a_nanogpt_checkpoint_cost_nothing(tmp_path: Path, never_build) -> None:
+    """A ckpt.pt's tensors are already in memory, so its model_args are checked against them: the
+    first missing keys are named without listing a billion."""
+    path = tmp_path / "out" / "ckpt.pt"
+    m = tiny()
+    path.parent.mkdir()
+    c = m.config
+    torch.save({"model": m.state_dict(), "model_args": dict(
+        n_layer=10**9, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size, bias=c.bias,
+        vocab_size=c.vocab_size, dropout=0.0)}, path)
+    with pytest.raises(CheckpointError, match=r"missing weights \['transformer\.h\.2\.ln_1\.weight'.*"
+                                              r"the config needs [\d,]+ tensors, the file has 28"):
+        load(path)
+
+
+def test_deeply_nested_config_json(tmp_path: Path) -> None:
+    p = save(tmp_path / "ck", tiny(), TOK)
+    (p / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match=r"config\.json: JSON nested too deeply"):
+        load(p)
+
+
+def test_meta_that_is_not_an_object(tmp_path: Path) -> None:
+    p = save(tmp_path / "ck", tiny(), TOK)
+    info = json.loads((p / "config.json").read_text())
+    info["meta"] = [1]
+    (p / "config.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match=r"config\.json: 'meta' must be a JSON object, got list"):
+        load(p)
+
+
+def test_dev_zero_is_not_opened() -> None:
+    with pytest.raises(CheckpointError, match=r"^/dev/zero: not a regular file or folder"):
+        load("/dev/zero")
+
+
+def test_fifo_is_not_opened(tmp_path: Path) -> None:
+    """Opening a FIFO for reading would block forever; it is refused before any open."""
+    fifo = tmp_path / "ckpt.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file or folder"):
+        load(fifo)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load(tmp_path)  # a folder whose ckpt.pt is a FIFO
+
+
+def test_path_too_long(tmp_path: Path) -> None:
+    long = tmp_path / ("x" * 300)
+    with pytest.raises(CheckpointError, match="File name too long"):
+        load(long)
+    with pytest.raises(CheckpointError, match="File name too long"):
+        resolve_checkpoint(long)
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": False}, {"n_layer": 3, "n_head": 4, "block_size": 8}])
+def test_expected_shapes_match_the_model(kw) -> None:
+    """The shapes checked before building are GPT's own (tied lm_head left out), in its order."""
+    from gpt.weights import expected_shapes, param_count
+
+    m = tiny(**kw)
+    want = [(k, tuple(v.shape)) for k, v in m.state_dict().items() if k != "lm_head.weight"]
+    assert list(expected_shapes(m.config)) == want
+    assert param_count(m.config) == m.get_num_params(non_embedding=False)
+
+
+# -- a garbage, empty or cut file says what it is (issue 12, 3) ------------------------------------
+def _message(path: Path, bad: Path | None = None) -> str:
+    """The message of loading `path`, which names the bad file (`bad`, default `path`) once."""
+    with pytest.raises(CheckpointError) as e:
+        load(path)
+    msg = str(e.value)
+    assert msg.count(str(bad or path)) == 1, msg
+    for internal in ("IndexError", "EOFError", "pop from empty list", "Ran out of input", "Traceback"):
+        assert internal not in msg, msg
+    return msg
+
+
+def test_empty_ckpt_pt(tmp_path: Path) -> None:
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    assert _message(tmp_path / "ckpt.pt").endswith("ckpt.pt: empty (0 bytes)")
+
+
+def test_garbage_ckpt_pt(tmp_path: Path) -> None:
+    (tmp_path / "ckpt.pt").write_bytes(b"hello, this is a text file\n" * 10)
+    assert "not a PyTorch zip or pickle file (it starts with 'hello, t')" in _message(tmp_path / "ckpt.pt")
+
+
+def test_truncated_ckpt_pt_zip_and_pickle(tmp_path: Path) -> None:
+    zipped = _write_nanogpt(tmp_path / "zip", tiny(), TOK)
+    zipped.write_bytes(zipped.read_bytes()[:5000])
+    assert "zip archive of 5.0 KB, but not a complete PyTorch checkpoint (truncated" in _message(zipped)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"model": tiny().state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:40])
+    assert "a pickle of 40 bytes that is truncated or damaged" in _message(legacy)
+
+
+def test_empty_and_cut_safetensors(tmp_path: Path) -> None:
+    p = save(tmp_path / "ck", tiny(), TOK)
+    weights = (p / "model.safetensors").read_bytes()
+    (p / "model.safetensors").write_bytes(b"")
+    assert _message(p).endswith("model.safetensors: empty (0 bytes)")
+    (p / "model.safetensors").write_bytes(weights[:-100])
+    assert "model.safetensors: truncated (its tensors need" in _message(p)
+
+
+def test_empty_meta_pkl(tmp_path: Path) -> None:
+    out = _write_nanogpt(tmp_path / "out", tiny(), TOK).parent
+    (out / "meta.pkl").write_bytes(b"")
+    assert "meta.pkl: empty (0 bytes)" in _message(out / "ckpt.pt", out / "meta.pkl")
+
+
+# -- nanoGPT's meta.pkl where nanoGPT keeps it (issue 12, 2) ----------------------------------------
+@pytest.mark.parametrize("base", ["repo", "out"])
+def test_meta_pkl_found_in_nanogpt_data_folder(tmp_path: Path, base: str) -> None:
+    """nanoGPT's train.py runs in its repo: out-x/ckpt.pt and data/<dataset>/meta.pkl side by side."""
+    m = tiny(4)
+    out = _write_nanogpt(tmp_path / "repo" / "out-x", m, TOK).parent
+    data = (tmp_path / "repo" if base == "repo" else out) / "data" / "shakespeare_char"
+    data.mkdir(parents=True)
+    os.rename(out / "meta.pkl", data / "meta.pkl")
+    for ref in (out, out / "ckpt.pt"):
+        m2, tok, meta = load(ref)
+        assert tok.chars == TOK.chars and torch.equal(logits(m, IDX), logits(m2, IDX))
+        assert meta["load_note"] == f"The vocabulary is nanoGPT's meta.pkl found at {data / 'meta.pkl'}."
+
+
+def test_meta_pkl_missing_says_where_it_looked(tmp_path: Path) -> None:
+    from gpt.imports import MissingTokenizerError
+
+    path = _write_nanogpt(tmp_path / "repo" / "out-x", tiny(), None)
+    with pytest.raises(MissingTokenizerError) as e:
+        load(path.parent)
+    assert e.value.dataset == "shakespeare_char" and e.value.where == "data/shakespeare_char/meta.pkl"
+    assert f"under {path.parent} and {path.parent.parent}" in str(e.value)
+
+
+def test_dataset_name_never_leads_out(tmp_path: Path) -> None:
+    """The dataset name comes from the file: a path in it is ignored, not followed."""
+    path = _write_nanogpt(tmp_path / "repo" / "out-x", tiny(), None)
+    ck = torch.load(path, weights_only=True)
+    ck["config"]["dataset"] = "../../elsewhere"
+    torch.save(ck, path)
+    (tmp_path / "elsewhere").mkdir()
+    with open(tmp_path / "elsewhere" / "meta.pkl", "wb") as f:
+        pickle.dump({"itos": dict(enumerate(TOK.chars))}, f)
+    with pytest.raises(CheckpointError, match="its dataset's meta.pkl"):
+        load(path)

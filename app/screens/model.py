@@ -51,7 +51,7 @@ def on_path() -> None:
     if not raw:
         ss[ERROR] = "Type the path of a checkpoint folder, a ckpt.pt or a Hugging Face folder."
         return
-    use(str(Path(raw).expanduser()), raw)
+    use(str(Path(raw).expanduser()), "that path")  # (the error names the path itself)
 
 
 def on_upload() -> None:
