@@ -16,7 +16,7 @@ is checked against the weights before a model is built (gpt/weights.py).
 A save is two renames; a process killed between them leaves complete hidden copies
 (.<name>.tmp-*, .<name>.old-*) and no folder. `load` reads through them and says so in
 meta["load_note"]; `recover(run_dir)` puts the newest complete copy back, deleting nothing complete.
-Run folders, their layout helpers and recovery are gpt/runfolder.py's (re-exported here).
+Run folders, their layout helpers and recovery are gpt/layout.py's (re-exported here).
 """
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ from gpt.config import GPTConfig
 from gpt.model import GPT
 from gpt.tokenizer import Tokenizer, tokenizer_from_dict
 # CheckpointError and the weights checks live in gpt/weights.py, the run-folder layout and recovery
-# in gpt/runfolder.py; both are re-exported from here, so callers import everything from one place
+# in gpt/layout.py; both are re-exported from here, so callers import everything from one place
 from gpt.weights import (MAX_JSON_BYTES, TIED, CheckpointError, build_model, check_shapes,
                          error_detail, file_problem, load_state_dict_file, safetensors_shapes,
                          size_words)
-from gpt.runfolder import (  # noqa: F401  (re-exported: the one import place for callers)
+from gpt.layout import (  # noqa: F401  (re-exported: the one import place for callers)
     BEST, CONFIG, FORMAT, HIDDEN_RE, LATEST, OPTIMIZER, SNAPSHOT_RE, SNAPSHOTS, VERSION, WEIGHTS,
     _fsync, _is_native, _is_ours, _is_run, _read_json, _resolve, best_dir, checkpoints_root, has_checkpoint,
     hidden_copies, latest_dir, list_snapshots, recover, resolve_checkpoint, run_of, snapshot_dir)
