@@ -9,6 +9,8 @@ picker(key, level)        the one model picker: the sidebar's flat list, the Mod
                           checkpoint, the Timeline's run with snapshots (all from app.catalog)
 head_table(scores, key)   every head in one sortable table; clicking a row opens that head (it sets
                           the shared session_state "layer" / "head", as the pages' selectors do)
+token_legend()            the one legend of the token glyphs (· space, ⏎ newline, ...), under every
+                          picture that draws tokens
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import streamlit as st
 from app import catalog, resources, state
 from app.inspection import Inspection
 from app.views import heads as vh
+from app.views.tokens import glyph_legend
 
 
 def _set_head(pick: tuple[int, int]) -> None:
@@ -44,7 +47,8 @@ def head_table(scores: Any, key: str, selected: tuple[int, int] | None = None,
     scores: gpt.heads.HeadScores, or a {score key: (L, H) tensor} mapping (e.g.
     gpt.heads.prompt_head_scores' dict, plus "induction" when measured).
     key: names the widget (unique on the page; the widget's own key adds the row order).
-    selected: the (layer, head) open now; its row is selected on first render.
+    selected: the (layer, head) open now; its row is the one selected, on first render and whenever
+    `selected` changes (so every head selector on the page shows the same head).
     sort_by: a score key for the initial order (default: layer, head).
     on_pick: called with (layer, head) when the user clicks a row; the default sets
     session_state["layer"] and ["head"]. It runs as a callback, i.e. before the page's script
@@ -53,10 +57,12 @@ def head_table(scores: Any, key: str, selected: tuple[int, int] | None = None,
     """
     frame = vh.head_frame(scores, sort_by=sort_by)
     pick_fn = on_pick or _set_head
-    # Streamlit keeps a keyed table's selection (row positions) across reruns; when the rows come in
-    # another order (new scores under sort_by, another model), that selection would point at another
-    # head. Keying the widget by the row order starts a fresh selection (selected's row) instead.
-    wkey = f"{key}-{zlib.crc32(','.join(frame['head']).encode()):08x}"
+    # Streamlit keeps a keyed table's selection (row positions) across reruns, and a selection_default
+    # applies only to a new widget. When the rows come in another order (new scores under sort_by,
+    # another model) the kept selection would point at another head, and when the head is opened
+    # elsewhere (the grid, a selectbox, a chart) it would still tick the old one. Keying the widget by
+    # the row order and the open head starts a fresh selection, on `selected`'s row, in both cases.
+    wkey = f"{key}-{zlib.crc32((','.join(frame['head']) + f'|{selected}').encode()):08x}"
 
     def on_select() -> None:
         pick = vh.pick_row(st.session_state.get(wkey), frame)
@@ -83,6 +89,11 @@ def head_table(scores: Any, key: str, selected: tuple[int, int] | None = None,
     event = st.dataframe(frame, key=wkey, hide_index=True, column_config=config, on_select=on_select,
                          selection_mode="single-row", selection_default=default, height=height)
     return vh.pick_row(event, frame)
+
+
+def token_legend(where: Any = st) -> None:
+    """The token-glyph legend (app.views.tokens.glyph_legend) in `where`."""
+    where.markdown(glyph_legend(), unsafe_allow_html=True)
 
 
 DROP_KEY = "drop_unknown"
@@ -136,7 +147,7 @@ def picker(key: str, level: str = "checkpoint", where: Any = st, current: str | 
       afresh on it instead of fighting over the value; on_change(ref) runs when the user picks.
     level "source": two boxes, the bundled model or a run (key+"_source"), then its latest, best or
       a snapshot (key+"_ckpt_<source>") (the Model page, which loads on a button).
-    level "run": runs that kept snapshots, the bundled and current model's first (the Timeline).
+    level "run": runs that kept snapshots, the current model's and the bundled first (the Timeline).
     """
     if level == "checkpoint":
         choices = {e.ref: e.label for e in catalog.entries(snapshots=False)}

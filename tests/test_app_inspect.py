@@ -244,3 +244,60 @@ def test_prompt_over_the_memory_limit_is_refused_with_the_estimate(root: Path, p
     msg = " ".join(e.value for e in at.error)
     assert "would take about" in msg and "KiB" in msg
     assert not charts(at) and not at.get("vega_lite_chart")
+
+
+# -- issue 12: reading the pictures ----------------------------------------------------------------------
+def markdowns(at: AppTest) -> str:
+    return "\n".join(str(m.value) for m in at.markdown)
+
+
+@pytest.mark.parametrize("page", ["attention", "layers", "next_token", "generate"])
+def test_every_page_that_draws_tokens_shows_the_glyph_legend(root: Path, page: str) -> None:
+    """Point 11: one legend (app.views.tokens.glyph_legend), the same on every page."""
+    from app.views.tokens import glyph_legend
+
+    at = open_page(page)
+    assert sum(m.value == glyph_legend() for m in at.markdown) == 1
+
+
+def test_attention_explains_how_to_read_and_colours_weight_in_blue(root: Path) -> None:
+    """Point 12: a "how to read this" caption, and the strip's own legend under it."""
+    at = open_page("attention")
+    assert any("rows = query" in c.value and "clipped at" in c.value for c in at.caption)
+    assert "attention weight" in markdowns(at) and "uniform over its" in markdowns(at)
+
+
+def head_table_rows(at: AppTest) -> list[int]:
+    """The rows the head table's widget holds as selected (what the browser ticks)."""
+    (table,) = [d for d in at.dataframe if "attn_head_table" in d.proto.id]
+    key = table.proto.id.split("-", 2)[-1]  # "$$ID-<hash>-<user key>"
+    return list(at.session_state[key]["selection"]["rows"])
+
+
+def test_head_table_ticks_the_head_opened_elsewhere(root: Path) -> None:
+    """Point 15: opening L1H1 outside the table (the grid's on_select and the selectboxes both set
+    the shared layer/head) moves the table's tick to L1H1; L0H0 stays ticked no more."""
+    at = open_page("attention")
+    assert head_table_rows(at) == [0]  # L0H0, rows in (layer, head) order
+    at.session_state["layer"], at.session_state["head"] = 1, 1  # what components.open_head does
+    at.run()
+    assert not at.exception and [h.value for h in at.header] == ["layer 1, head 1"]
+    assert head_table_rows(at) == [3]  # L1H1 of a 2 x 2 model
+    at.selectbox(key="head").set_value(0).run()
+    assert head_table_rows(at) == [2]
+
+
+def test_a_one_token_prompt_says_the_summary_needs_two_tokens(root: Path) -> None:
+    """Point 16: no head-summary numbers for one token, but words."""
+    at = open_page("attention", prompt="T")
+    assert any("needs ≥2 tokens" in i.value for i in at.info)
+    assert "Head table" not in [s.value for s in at.subheader]
+    assert not any("entropy" in c.value and "bits ·" in c.value for c in at.caption)
+    at.button(key="attn_induction_go").click().run()  # induction needs no prompt: still measurable
+    assert not at.exception and "Head table" in [s.value for s in at.subheader]
+
+
+def test_layers_lens_explains_the_embed_row(root: Path) -> None:
+    """Point 13: the tied-embedding sentence under the lens."""
+    at = open_page("layers")
+    assert any("tied" in c.value and "embed" in c.value for c in at.caption)

@@ -161,3 +161,38 @@ def test_head_table_component_lists_every_head_sorted() -> None:
     assert list(table.value["head"]) == ["L0H1", "L1H0", "L1H1", "L0H0"]  # by previous-token, high first
     assert table.value["prev_token"].tolist() == pytest.approx([0.9, 0.5, 0.2, 0.1])
     assert at.session_state["picked"] == (1, 0)  # the open head's row starts selected
+
+
+# -- issue 12: reading the pictures ----------------------------------------------------------------------
+def test_opens_on_the_model_being_inspected_not_the_bundled_one(tmp_path: Path, env,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point 18: with a bundled model present, the Run box starts on the current model's run."""
+    bundled = tmp_path / "bundled-run"
+    shutil.copytree(env.run_dir, bundled)
+    monkeypatch.setenv("NANOLENS_BUNDLED", str(bundled))
+    at = AppTest.from_file(MAIN, default_timeout=TIMEOUT)
+    at.session_state["model_ref"] = str(env.run_dir)  # the user inspects the tiny run
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    run = at.selectbox(key="_tl_run")
+    assert run.value == str(env.run_dir) and run.options[0].endswith("(current model)")
+    fresh = open_timeline()  # the bundled model is the default model: it comes first then
+    assert fresh.selectbox(key="_tl_run").value == str(bundled)
+
+
+def test_replay_shows_the_lens_text_the_legends_and_the_verdict(env) -> None:
+    """Points 11, 13, 14 on the page: the lens carries text and its note, the glyph legend is
+    shown, and the history caption says in words whether any head qualifies."""
+    import json
+
+    from app.views.tokens import glyph_legend
+
+    at = open_timeline(prompt_from(env.text))
+    lens = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                if "logit lens" in json.loads(c.proto.spec)["layout"].get("title", {}).get("text", ""))
+    assert lens["data"][0].get("texttemplate") == "%{text}"
+    assert any("tied" in c.value and "positions" in c.value.lower() for c in at.caption)
+    assert sum(m.value == glyph_legend() for m in at.markdown) == 1
+    at.radio(key="_tl_score").set_value("induction").run()
+    assert any("At the last snapshot:" in c.value and "induction head" in c.value for c in at.caption)

@@ -118,3 +118,12 @@ def test_a_one_token_prompt_still_renders_every_tab(at) -> None:
     at.run()
     at.selectbox(key="wt_stage").set_value("attn").run()
     assert not at.exception and "(1, 1, 64)" in _texts(at)
+
+
+def test_the_pipeline_shows_the_glyph_legend(at) -> None:
+    """Issue 12, point 11: the one token legend under the stage's values, ids stage included."""
+    from app.views.tokens import glyph_legend
+
+    assert sum(m.value == glyph_legend() for m in at.markdown) == 1
+    at.selectbox(key="wt_stage").set_value("ids").run()
+    assert not at.exception and sum(m.value == glyph_legend() for m in at.markdown) == 1

@@ -204,15 +204,16 @@ def test_run_of_finds_the_run_of_every_checkpoint(app_root: Path, tmp_path: Path
     assert run_of(tmp_path) is None
 
 
-def test_timeline_runs_bundled_first_then_the_current_model_each_once(app_root: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timeline_runs_current_model_first_then_bundled_each_once(app_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 point 18: the Timeline opens on the model being inspected, not on the bundled one."""
     run = app_root / "tiny-run"
     other, bare = app_root / "other-run", app_root / "bare-run"
     shutil.copytree(run, other)
     shutil.copytree(run, bare, ignore=shutil.ignore_patterns("snapshots"))
     monkeypatch.setenv("NANOLENS_BUNDLED", str(best_dir(run)))
     got = catalog.timeline_runs(str(snapshot_dir(other, 10)))
-    assert [(s.path, s.label) for s in got] == [(run, "bundled · tiny-run"), (other, "other-run (current model)")]
+    assert [(s.path, s.label) for s in got] == [(other, "other-run (current model)"), (run, "bundled · tiny-run")]
     # the current model in the bundled run: one entry, as the bundled one; the bare run stays out
     got = catalog.timeline_runs(str(latest_dir(run)))
     assert [(s.path, s.label) for s in got] == [(run, "bundled · tiny-run"), (other, "other-run")]

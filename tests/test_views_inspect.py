@@ -375,3 +375,134 @@ def test_layers_model_views_are_pure() -> None:
     coords, ratio = embedding_pca(b)
     assert torch.equal(other[0], coords) and torch.equal(other[1], ratio)
     torch.testing.assert_close(arr(valid(other[2]).data[0].z), position_similarity(b))  # 32 <= MAX_SIM_SIDE
+
+
+# -- issue 12: reading the pictures ----------------------------------------------------------------------
+def test_one_glyph_legend_names_every_glyph_the_tokenizer_draws() -> None:
+    """Point 11: the legend explains every whitespace glyph gpt.tokenizer.visible() draws, plus its
+    code-point form, the BPE byte form, and the position prefix of axis labels."""
+    import html
+
+    from gpt.tokenizer import VISIBLE, GPT2Tokenizer, visible
+
+    assert set(vt.GLYPH_NAMES) == set(VISIBLE)  # a new glyph in VISIBLE needs a name here
+    text = html.unescape(vt.glyph_legend())
+    for ch, glyph in VISIBLE.items():
+        assert f">{glyph}</span> {vt.GLYPH_NAMES[ch]}" in text, glyph
+    assert visible("\x07") == "<U+0007>" and "<U+0007>" in text
+    bpe = GPT2Tokenizer()
+    split = [bpe.token_str(i) for i in bpe.encode("☃")]  # a character split across byte tokens
+    assert any(s.startswith("<0x") for s in split) and "<0xE2>" in text
+    assert "position 5" in text
+
+
+def test_attention_strip_has_its_own_palette_and_legend() -> None:
+    """Point 12: "Where X attends" is drawn on the heatmaps' Blues (darkest = the row's largest
+    weight), never on Next token's red..green surprise palette, and its legend gives the numbers,
+    including what uniform attention would be."""
+    from plotly.colors import get_colorscale, sample_colorscale
+
+    w = torch.tensor([0.1, 0.6, 0.3, 0.0])
+    out = vt.attention_html(["a", "b", "c", "d"], w, 2)
+    blues = get_colorscale("Blues")
+    darkest, palest = sample_colorscale(blues, [1.0])[0], sample_colorscale(blues, [0.0])[0]
+    spans = out.split("<span")[1:]
+    assert f"background:{darkest}" in spans[1]  # 0.6 is the row's largest
+    assert f"background:{sample_colorscale(blues, [0.5])[0]}" in spans[2]  # 0.3 / 0.6
+    assert "color:#fff" in spans[1] and "color:#111" in spans[0]  # readable on dark and light blue
+    surprise = {vt.prob_color(p, log=lg) for p in (0.0, 0.1, 0.3, 0.5, 0.6, 1.0) for lg in (True, False)}
+    assert not any(f"background:{c}" in out for c in surprise)
+    legend = vt.attention_legend_html(w, 2)
+    assert "0.600" in legend and "0.000" in legend and f"background:{darkest}" in legend
+    assert f"background:{palest}" in legend and "uniform over its 3 keys would be 0.333" in legend
+    flat = vt.attention_legend_html(torch.full((4,), 0.25), 3)  # uniform: darkest == uniform, said so
+    assert "0.250" in flat and "would be 0.250" in flat
+    assert "masked" in legend and "masked" not in flat  # a later key exists only in the first
+
+
+def test_attention_how_to_read_caption_states_the_clip(model: GPT, ids: list[int]) -> None:
+    """Point 12: the one-line caption says rows/columns/sums/mask, and the clip it names is the
+    pattern colour bar's end, the largest weight outside row 0."""
+    insp = inspection(model, ids, va.NAMES, layer=1, head=0)
+    view = va.build(insp, query=3)
+    pat = insp.rec["blocks.1.attn.hook_pattern"][0, 0]
+    top = float(pat[1:].max())
+    assert view.pattern.data[0].zmax == pytest.approx(top)
+    for words in ("rows = query", "columns = key", "each row sums to 1", "upper triangle is masked",
+                  f"clipped at {top:.3f}", "outside row 0"):
+        assert words in view.how_to_read, words
+    assert "0.6" in vt.attention_legend_html(torch.tensor([0.4, 0.6]), 1) and view.query_legend
+    assert "clipped" not in va.how_to_read(1.0, 1)  # one token: nothing to clip
+
+
+def test_fit_label_and_cell_text_size() -> None:
+    assert vl.fit_label("·question", 4) == "·qu…" and vl.fit_label("ab", 4) == "ab"
+    assert vl.fit_label("abc", 0) == "" and vl.fit_label("abc", 1) == "…"
+    size, chars = vl.cell_text_size(32, 640, 1)  # characters: the largest font fits
+    assert size == max(vl.LENS_FONTS) and chars >= 1
+    size, chars = vl.cell_text_size(16, 640, 9)  # long BPE tokens: the smallest font, then cut
+    assert size == min(vl.LENS_FONTS) and 3 <= chars < 9
+    assert chars * vl.CHAR_EM * size <= 640 / 16  # what is kept fits its cell
+    assert vl.cell_text_size(300, 640, 1)[1] == 0  # too narrow: no text at all
+
+
+def test_logit_lens_cells_fit_and_mark_the_actual_next_token() -> None:
+    """Point 13: texts are cut to fit their cells, and exactly the cells whose top guess is the
+    actual next token are outlined (counted here from the ids, not from the figure)."""
+    words = ["·the", "·question", "·to", "·be", "·or", "·not"]
+    token_str = lambda i: words[i]  # noqa: E731
+    top_ids = torch.tensor([[[0, 1], [1, 2], [3, 2], [3, 0]],  # (R=2, P=4, k=2): row 0 = embed
+                            [[1, 0], [2, 1], [5, 3], [3, 2]]])
+    top_probs = torch.full((2, 4, 2), 0.4)
+    targets = [1, 2, 3, None]  # the token after each shown position; none after the last
+    fig = valid(vl.logit_lens_figure(top_ids, top_probs, ["embed", "after block 0"], list("abcd"), token_str,
+                                     targets=targets, width_px=4 * 40))
+    tr = fig.data[0]
+    size, chars = vl.cell_text_size(4, 160, max(len(w) for w in words))
+    assert tr.textfont.size == size and all(len(t) <= chars for row in tr.text for t in row)
+    assert tr.text[0][1] == vl.fit_label("·question", chars) and tr.text[0][1].endswith("…")
+    assert "·question" in tr.hovertext[0][1]  # the full text on hover
+    want = {(r, p) for r in range(2) for p in range(4) if targets[p] is not None and top_ids[r, p, 0] == targets[p]}
+    got = {(round((s.y0 + s.y1) / 2), round((s.x0 + s.x1) / 2)) for s in fig.layout.shapes}
+    assert got == want == {(1, 0), (1, 1), (0, 2)}
+    assert "outlined" in fig.layout.title.text
+    with pytest.raises(ValueError, match="targets"):
+        vl.logit_lens_figure(top_ids, top_probs, ["a", "b"], list("abcd"), token_str, targets=[1])
+
+
+def test_layers_lens_names_the_embed_row_and_marks_matches(model: GPT, ids: list[int]) -> None:
+    """Point 13: the Layers page's lens gets the targets from the prompt, and the embed-row
+    sentence speaks of tied embeddings (this model ties wte and lm_head)."""
+    insp = inspection(model, ids, vl.NAMES)
+    view = vl.build(insp, "resid_pre", vl.lens_window(len(ids), 0, 8), vl.model_views(model))
+    lens = logit_lens(model, insp.rec, k=5, positions=list(range(8)), ids=ids)
+    n = sum(int(lens.top_ids[r, p, 0]) == ids[p + 1] for r in range(lens.top_ids.size(0)) for p in range(8))
+    assert len(view.lens.layout.shapes) == n
+    assert model.lm_head.weight is model.transformer.wte.weight
+    note = vl.lens_note(model)
+    assert "embed" in note and "tied" in note and "p≈1" in note
+    assert vl.lens_width("char") > vl.lens_width("gpt2")
+
+
+def test_induction_scale_is_fixed_and_no_head_is_said_in_words() -> None:
+    """Point 14: a noise-level induction map stays pale (0..1 scale), and the words say there is
+    no induction head, with its max."""
+    noise = torch.tensor([[0.001, 0.004], [0.007, 0.002]])
+    fig = valid(va.induction_figure(noise))
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (0.0, 1.0)
+    from app.views import heads as vh
+
+    assert vh.verdict({"induction": noise}, "induction") == \
+        "No induction head (max 0.007, L1H0; a head counts from 0.2)."
+    two = vh.verdict({"prev_token": torch.tensor([[0.9, 0.1], [0.55, 0.3]])}, "prev_token")
+    assert two == "2 previous-token heads: L0H0 (0.90), L1H0 (0.55) (score ≥ 0.5)."
+    assert vh.verdict({"entropy": noise}, "entropy") == ""  # no threshold for entropy
+
+
+def test_a_one_token_prompt_has_no_head_summary(model: GPT) -> None:
+    """Point 16: with one token there is nothing to average over: no summary numbers, a note."""
+    view = va.build(inspection(model, [3], va.NAMES), query=0)
+    assert view.summary == {} and view.summary_fig is None and view.selected_scores == {}
+    assert "needs ≥2 tokens" in view.summary_note
+    two = va.build(inspection(model, [3, 4], va.NAMES), query=1)
+    assert two.summary_note is None and two.summary_fig is not None

@@ -143,3 +143,65 @@ def test_history_frame_accepts_mappings() -> None:
     frame = vt.history_frame([(0, m), (5, {"prev_token": torch.tensor([[0.2, 0.8]])})], "prev_token")
     assert isinstance(frame, pd.DataFrame)
     assert frame.loc[frame["head"] == "L0H1", "value"].tolist() == pytest.approx([0.9, 0.8])
+
+
+# -- issue 12: reading the pictures ----------------------------------------------------------------------
+def test_snapshot_lens_carries_text_for_a_long_prompt() -> None:
+    """Point 13: the Timeline's lens showed no text past 48 positions. Now it shows the last
+    positions (as many as the Layers page shows), with the token texts, the matches outlined, and a
+    note on what is shown and on the embed row."""
+    from pathlib import Path
+
+    from app.views import layers as vl
+    from app.views.tokens import unique_labels
+    from gpt.analysis import logit_lens
+
+    model, tok, _ = load(Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-char")
+    ids = tok.encode("ROMEO:\nBut soft, what light through yonder window breaks?")  # 57 tokens
+    rec = Recorder(list(vt.NAMES))
+    model(torch.tensor([ids]), rec=rec)
+    loaded = Loaded(model=model, tokenizer=tok, meta={}, ref="test", label="test", config=model.config)
+    view = vt.snapshot_view(Inspection.of(loaded, tuple(ids), rec, vt.NAMES, 0, 0))
+    T, W = len(ids), vl.lens_width("char")
+    tr = view.lens.data[0]
+    assert list(tr.x) == unique_labels([tok.token_str(i) for i in ids])[T - W:]
+    assert tr.texttemplate == "%{text}" and tr.text[-1][-1] == tok.token_str(int(tr_top(model, rec, ids, T - 1)))
+    lens = logit_lens(model, rec, k=1, positions=range(T - W, T), ids=ids)
+    n = sum(int(lens.top_ids[r, p, 0]) == ids[T - W + p + 1] for r in range(lens.top_ids.size(0)) for p in range(W - 1))
+    assert n > 0 and len(view.lens.layout.shapes) == n
+    assert f"Positions {T - W}…{T - 1} of {T}" in view.lens_note and "tied" in view.lens_note
+
+
+def tr_top(model, rec, ids, pos: int) -> int:
+    """The last row's top guess at `pos`: the model's own logits' argmax (independent of the lens)."""
+    return int(rec["logits"][0, pos].argmax())
+
+
+@pytest.mark.parametrize("score", list(vh.SCORES))
+def test_history_chart_draws_mass_scores_on_0_to_1(score: str) -> None:
+    """Point 14: attention-mass scores keep their whole 0..1 axis, so noise stays a flat line near
+    0 instead of filling the chart; entropy (bits) starts at 0."""
+    frame = vt.history_frame([(0, {score: torch.tensor([[0.001, 0.004]])}),
+                              (10, {score: torch.tensor([[0.002, 0.007]])})], score)
+    spec = vt.history_chart(frame, score).to_dict()
+    scales = [layer["encoding"]["y"].get("scale", {}) for layer in spec["layer"] if "y" in layer.get("encoding", {})]
+    if score == "entropy":
+        assert scales and all(s.get("zero") is True and "domain" not in s for s in scales)
+    else:
+        assert scales and all(s.get("domain") == [0, 1] for s in scales)
+
+
+def test_history_caption_says_when_no_head_qualifies() -> None:
+    """Point 14: in words, "no induction head (max 0.007 …)" at the last snapshot."""
+    noise = {"induction": torch.tensor([[0.001, 0.007]])}
+    text = vt.history_caption("induction", noise, 100)
+    assert "At the last snapshot: no induction head (max 0.007, L0H1" in text and "100 tokens" in text
+    strong = vt.history_caption("induction", {"induction": torch.tensor([[0.6, 0.007]])}, 100)
+    assert "1 induction head: L0H0 (0.60)" in strong
+    assert "At the last snapshot" not in vt.history_caption("entropy", {"entropy": torch.ones(1, 2)}, 100)
+
+
+def test_loss_delta() -> None:
+    assert vt.loss_delta(1.3, (5000, 1.365)) == "-0.065 since iter 5000"
+    assert vt.loss_delta(None, (0, 1.0)) is None and vt.loss_delta(1.0, None) is None
+    assert vt.loss_delta(1.0, (0, None)) is None

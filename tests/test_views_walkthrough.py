@@ -250,3 +250,65 @@ def test_long_prompts_draw_only_the_last_positions_of_a_head(model: GPT, ids: li
     assert len(raw.data[0].z) == 5 and len(raw.data[0].z[0]) == 5 and "last 5" in raw.layout.annotations[0].text
     assert list(raw.data[0].y) == [label(i) for i in ids[-5:]]
     torch.testing.assert_close(torch.tensor(raw.data[0].z), s.raw[-5:, -5:])
+
+
+# -- issue 12, point 17: twelve layers ---------------------------------------------------------------------
+TWELVE = GPTConfig(block_size=64, vocab_size=65, n_layer=12, n_head=12, n_embd=48)
+
+
+def label_rects(fig, width_px: float = vw.DIAGRAM_PX) -> list[tuple[float, float, float, float, float]]:
+    """(row y, x0, x1, top, bottom) in pixels of every shape label (the monospace annotations) of a
+    diagram drawn `width_px` wide, from the figure itself: its x range, each label's x and yshift."""
+    lo, hi = fig.layout.xaxis.range
+    per = width_px / (hi - lo)
+    out = []
+    for a in fig.layout.annotations:
+        if a.font and a.font.family == "monospace":
+            lines = a.text.split("<br>")
+            half = max(map(len, lines)) * vw.LABEL_CHAR_PX / 2
+            top = -a.yshift
+            out.append((a.y, (a.x - lo) * per - half, (a.x - lo) * per + half, top, top + len(lines) * vw.LABEL_LINE_PX))
+    return out
+
+
+@pytest.mark.parametrize("cfg, T", [(TWELVE, 57), (GPTConfig.preset("gpt2"), 1024), (GPTConfig.preset("tiny"), 7),
+                                    (GPTConfig(block_size=64, vocab_size=65, n_layer=48, n_head=4, n_embd=32), 20)],
+                         ids=["12-layers", "gpt2-long", "tiny", "48-layers"])
+def test_diagram_shape_labels_and_boxes_do_not_overlap(cfg: GPTConfig, T: int) -> None:
+    fig = vw.diagram_figure(cfg, T, "attn", 0)
+    rects = label_rects(fig)
+    assert len(rects) >= 10
+    for i, (y, a0, a1, t0, b0) in enumerate(rects):
+        for y2, c0, c1, t1, b1 in rects[i + 1:]:
+            assert not (y == y2 and a0 < c1 and c0 < a1 and t0 < b1 and t1 < b0), (y, a0, a1, c0, c1)
+    lo, hi = fig.layout.xaxis.range
+    per = vw.DIAGRAM_PX / (hi - lo)
+    pts = fig.data[0]
+    blocks = sorted((x, s) for x, s, k in zip(pts.x, pts.marker.size, pts.customdata) if k.startswith("block:"))
+    for (xa, sa), (xb, sb) in zip(blocks, blocks[1:]):  # neighbouring block boxes stay apart
+        assert (xb - xa) * per > (sa + sb) / 2, (xa, xb, sa, sb)
+
+
+def test_twelve_layers_drop_the_lm_head_label_below_ln_f() -> None:
+    nodes = vw.diagram_nodes(TWELVE, 57, 0)
+    drops = vw.label_drops(nodes)
+    assert drops["ln_f"] == 0 and drops["logits"] > 0  # they would collide on one line
+    assert all(v == 0 for v in vw.label_drops(vw.diagram_nodes(GPTConfig.preset("tiny"), 7, 0)).values())
+
+
+def test_sampling_step_bars_have_readable_token_labels(model: GPT) -> None:
+    step = Generator(model, [1, 2, 3], temperature=1.0, seed=0).step()
+    fig = vw.step_figure(vw.step_table(step, 1.0, None, None, label))
+    assert fig.layout.yaxis.tickfont.size >= 12  # the token names (was 10 px, read as ~8)
+    assert fig.layout.xaxis.tickfont.size >= 11 and fig.layout.xaxis2.tickfont.size >= 11
+
+
+def test_per_head_norms_carry_their_own_position_labels() -> None:
+    rows = [f"{i}:t{i}" for i in range(57)]
+    sv = vs.StageValues("attn", 0, torch.randn(57, 48), {"‖x‖": torch.rand(57)}, head_norms=torch.rand(57, 12))
+    fig = vs.stage_figure(sv, rows)
+    lay = fig.layout
+    assert lay.yaxis3.showticklabels is True and lay.yaxis3.matches == "y"  # same rows, labelled
+    assert lay.yaxis2.showticklabels is False  # the norms beside the values need none
+    room = (lay.xaxis3.domain[0] - lay.xaxis2.domain[1]) * vs.PANEL_PX  # px between the norms and the head panel
+    assert room >= max(map(len, rows)) * 6.2

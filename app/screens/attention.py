@@ -16,6 +16,7 @@ import streamlit as st
 from app import components, resources, state
 from app.inspection import Inspection
 from app.views import attention as va
+from app.views import heads as vh
 
 GRID_KEY, QUERY_KEY, INDUCTION_KEY = "attn_grid", "attn_query", "_attn_induction"
 ss = st.session_state
@@ -36,24 +37,30 @@ def grid(insp: Inspection, view: va.AttentionView) -> None:
 
 def summary(insp: Inspection, view: va.AttentionView) -> None:
     st.subheader("Head summary")
-    st.caption("Over query positions 1…T-1 of this prompt: entropy of each head's attention (bits), mean "
-               "weight on the previous token, and on the first token (an attention sink).")
-    st.plotly_chart(view.summary_fig, width="stretch", key="attn_summary")
-    sel = view.selected_scores
-    st.caption(f"layer {insp.layer}, head {insp.head}: entropy {sel['entropy']:.2f} bits · previous-token "
-               f"{sel['prev_token']:.2f} · first-token {sel['first_token']:.2f}")
+    if view.summary_fig is None:
+        st.info(view.summary_note)
+    else:
+        st.caption("Over query positions 1…T-1 of this prompt: entropy of each head's attention (bits), mean "
+                   "weight on the previous token, and on the first token (an attention sink).")
+        st.plotly_chart(view.summary_fig, width="stretch", key="attn_summary")
+        sel = view.selected_scores
+        st.caption(f"layer {insp.layer}, head {insp.head}: entropy {sel['entropy']:.2f} bits · previous-token "
+                   f"{sel['prev_token']:.2f} · first-token {sel['first_token']:.2f} · "
+                   + vh.verdict(view.summary, "prev_token"))
     stamp = (insp.loaded.ref, insp.loaded.stamp)
     with st.expander("Induction scores (runs the model on a repeated random sequence)"):
         if st.button("Measure induction", key="attn_induction_go"):
             ss[INDUCTION_KEY] = stamp
         induction = resources.model_scores(insp.loaded).induction if ss.get(INDUCTION_KEY) == stamp else None
         if induction is not None:
+            st.markdown(vh.verdict({"induction": induction}, "induction"))
             st.plotly_chart(va.induction_figure(induction, (insp.layer, insp.head)), width="stretch",
                             key="attn_induction")
-    st.subheader("Head table")
-    st.caption("Every head of this prompt in one table: click a column header to sort, a row to open that head.")
-    components.head_table({**view.summary, **({"induction": induction} if induction is not None else {})},
-                          key="attn_head_table", selected=(insp.layer, insp.head))
+    scores = {**view.summary, **({"induction": induction} if induction is not None else {})}
+    if scores:
+        st.subheader("Head table")
+        st.caption("Every head of this prompt in one table: click a column header to sort, a row to open that head.")
+        components.head_table(scores, key="attn_head_table", selected=(insp.layer, insp.head))
 
 
 st.title("Attention")
@@ -75,8 +82,11 @@ st.header(f"layer {insp.layer}, head {insp.head}")
 left, right = st.columns(2)
 left.plotly_chart(view.pattern, width="stretch", key="attn_pattern")
 right.plotly_chart(view.scores, width="stretch", key="attn_scores")
+st.caption(view.how_to_read)
+components.token_legend()
 st.subheader(f"Where {labels[query]} attends")
 st.markdown(view.query_html, unsafe_allow_html=True)
+st.markdown(view.query_legend, unsafe_allow_html=True)
 st.plotly_chart(view.query_bar, width="stretch", key="attn_query_bar")
 grid(insp, view)
 summary(insp, view)

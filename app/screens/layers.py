@@ -14,7 +14,6 @@ from app import components, resources
 from app.views import layers as vl
 
 NORM_KEY, LENS_KEY = "layers_norm", "layers_lens_start"
-LENS_WIDTH = 32  # positions in the logit-lens table at once: enough to read the token in each cell
 ss = st.session_state
 
 
@@ -32,7 +31,7 @@ t0 = time.perf_counter()
 insp = components.inspection(vl.NAMES)
 c1, c2 = st.columns([3, 2])
 choice = c1.radio("Residual-stream quantity", list(vl.NORM_CHOICES), key=NORM_KEY, horizontal=True)
-width = min(LENS_WIDTH, insp.T)
+width = min(vl.lens_width(insp.loaded.tokenizer.kind), insp.T)  # as many as can carry their text
 start = lens_start(insp.T, width, c2)
 view = vl.build(insp, vl.NORM_CHOICES[choice], vl.lens_window(insp.T, start, width),
                 resources.model_views(insp.loaded))
@@ -42,13 +41,15 @@ st.subheader("Residual stream norm")
 st.caption("L2 norm of each position's vector, block by block: the input to each block (pre), after its "
            "attention (mid), its output (post), and what attention and the MLP each wrote.")
 st.plotly_chart(view.norm, width="stretch", key="layers_norm_fig")
+components.token_legend()
 
 st.subheader("Logit lens")
 st.caption("Each block's residual stream read out as if it were the last: through the final LayerNorm "
            "(with that residual's own statistics) and the unembedding. Cells show the top guess for the "
-           "next token, colored by its probability; hover for the top 5. "
-           f"Positions {start}…{start + width - 1} of {insp.T}.")
+           "next token (cut to fit: hover for the top 5 in full), colored by its probability; an outline "
+           f"marks a guess that is the actual next token. Positions {start}…{start + width - 1} of {insp.T}.")
 st.plotly_chart(view.lens, width="stretch", key="layers_lens_fig")
+st.caption(vl.lens_note(insp.model))
 
 st.subheader("Embeddings")
 left, right = st.columns(2)

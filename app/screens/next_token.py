@@ -35,6 +35,7 @@ ms = (time.perf_counter() - t0) * 1000
 st.subheader("How expected was each token?")
 st.markdown(view.strip, unsafe_allow_html=True)
 st.markdown(vt.surprise_legend_html(), unsafe_allow_html=True)
+components.token_legend()
 if view.mean_bits is not None:
     st.caption(f"Colors use the model's own probabilities (temperature 1). Mean surprise {view.mean_bits:.2f} bits "
                f"per token over {len(view.surprise_bits)} predictions; hover a token for its numbers.")

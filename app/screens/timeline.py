@@ -47,33 +47,31 @@ def history(final: Inspection, paths: dict[int, str]) -> None:
                     width="stretch", on_select=partial(components.open_head, vt.chart_pick, key, L, H),
                     selection_mode=vt.PICK_PARAM)
     last = scores[-1][1]
-    st.caption(f"{vh.SCORE_HELP[score][0].upper() + vh.SCORE_HELP[score][1:]}; measured on a random sequence "
-               f"of {last.induction_len} tokens repeated twice, the same at every snapshot. One line per head, "
-               "colored by layer; click a line to open that head.")
+    st.caption(vt.history_caption(score, last, last.induction_len))
     with st.expander("All heads at the last snapshot (click a row to open it)"):
         components.head_table(last, key="_tl_head_table", selected=(final.layer, final.head), sort_by=score)
 
 
 def snapshot(it: int, insp: Inspection, prev: tuple[int, float | None] | None, ms: float) -> None:
-    """One snapshot: the prompt's loss (and its change since the previous snapshot), the head's
-    pattern, the logit lens, and a greedy continuation (last: the figures are sent meanwhile)."""
+    """One snapshot: the prompt's loss (and its change since the previous snapshot), the logit lens,
+    the head's pattern, and a greedy continuation (last: the figures are sent meanwhile)."""
     view = vt.snapshot_view(insp)
     st.markdown(f"#### iter {it}")
     m = st.columns(3)
-    delta = None if view.loss is None or prev is None or prev[1] is None else \
-        f"{view.loss - prev[1]:+.3f} since iter {prev[0]}"
-    m[0].metric("Loss on the prompt", "–" if view.loss is None else f"{view.loss:.3f}", delta=delta,
-                delta_color="inverse", help="Mean next-token cross-entropy (nats) over the prompt.")
+    m[0].metric("Loss on the prompt", "–" if view.loss is None else f"{view.loss:.3f}", delta=vt.loss_delta(
+        view.loss, prev), delta_color="inverse", help="Mean next-token cross-entropy (nats) over the prompt.")
     val = insp.loaded.meta.get("val_loss")
     m[1].metric("Val loss when saved", "–" if not isinstance(val, (int, float)) else f"{val:.3f}")
     m[2].metric("Head", vh.head_id(insp.layer, insp.head))
+    st.plotly_chart(view.lens, width="stretch", key="_tl_lens")
+    st.caption(view.lens_note)
     left, right = st.columns(2)
     left.plotly_chart(view.pattern, width="stretch", key="_tl_pattern")
-    right.plotly_chart(view.lens, width="stretch", key="_tl_lens")
     t1 = time.perf_counter()
     sample = resources.greedy_sample(insp.loaded, insp.ids, vt.SAMPLE_TOKENS)
-    st.markdown(f"**Greedy continuation** ({vt.SAMPLE_TOKENS} tokens)")
-    st.code(insp.loaded.tokenizer.decode(list(sample)), language=None, wrap_lines=True)
+    right.markdown(f"**Greedy continuation** ({vt.SAMPLE_TOKENS} tokens)")
+    right.code(insp.loaded.tokenizer.decode(list(sample)), language=None, wrap_lines=True)
+    components.token_legend(right)
     st.caption(f"iter {it}: figures in {ms:.0f} ms, sample in {(time.perf_counter() - t1) * 1000:.0f} ms "
                "(cached once seen)")
 

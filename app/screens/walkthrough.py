@@ -45,15 +45,14 @@ def pipeline(insp: Inspection, stage: str) -> None:
     c3.selectbox("Head", range(cfg.n_head), key=state.HEAD, disabled=stage != "attn")
     st.subheader(vs.STAGES[stage].label + (f" · block {insp.layer}" if vs.STAGES[stage].in_block else ""))
     st.markdown(vs.sentence(stage, cfg, T))
-    shape = vs.stage_shapes(cfg, T)[stage].replace("<br>", " ")
+    shape, detail = vs.stage_shapes(cfg, T)[stage].replace("<br>", " "), vw.stage_detail(insp, stage)
+    st.caption(f"shape {shape} — " + ("each token with its id below it" if stage == "ids" else
+                                      "hover a cell for its value"))
     if stage == "ids":
-        st.caption(f"shape {shape} — each token with its id below it")
         st.markdown(vw.ids_html(insp.strs, insp.ids), unsafe_allow_html=True)
-    detail = vw.stage_detail(insp, stage)
-    if stage != "ids":
-        st.caption(f"shape {shape} — hover a cell for its value")
-        for i, fig in enumerate(detail.figures):
-            st.plotly_chart(fig, key=f"wt_values_{i}")
+    for i, fig in enumerate(detail.figures):  # none for the ids
+        st.plotly_chart(fig, key=f"wt_values_{i}")
+    components.token_legend()
     if detail.panels:
         st.subheader(f"Inside attention: head {insp.head} of block {insp.layer}")
         for i, panel in enumerate(detail.panels):

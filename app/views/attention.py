@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import torch
 
 from app.views.events import int_fields, last_selected
-from app.views.tokens import attention_bar_figure, attention_html, light_figure
+from app.views.tokens import attention_bar_figure, attention_html, attention_legend_html, light_figure
 from gpt.heads import head_scores_from_pattern, pool_patterns
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ GRID_PARAM = "head_pick"  # the name of the grid's selection parameter
 GRID_MAX_SIDE = 32  # each small heatmap is pooled to at most this many cells a side ...
 GRID_MAX_CELLS = 8_000  # ... and the whole grid to about this many marks, so the browser stays quick
 GAP = 0.25  # space between small heatmaps, as a fraction of one heatmap's side
+NEEDS_TWO = ("Head summary: needs ≥2 tokens. Every score is measured over query positions 1…T-1, and a "
+             "one-token prompt has none (its only token can attend only to itself).")
 
 
 def _heatmap(z: torch.Tensor, labels: Sequence[str], title: str, colorscale: str, zlabel: str,
@@ -43,14 +45,29 @@ def _heatmap(z: torch.Tensor, labels: Sequence[str], title: str, colorscale: str
         yaxis=dict(type="category", title=dict(text="query"), autorange="reversed", tickfont=tick)))
 
 
+def pattern_top(pattern: torch.Tensor) -> float:
+    """Where the pattern's colour bar ends: the largest weight outside row 0. Row 0 is always
+    [1, 0, ...] (the first query sees only itself), so scaling to it would draw a diffuse head white.
+    1.0 for a one-token pattern."""
+    z = pattern.detach().float()
+    return max(float(z[1:].max()), 1e-6) if z.size(0) > 1 else 1.0
+
+
+def how_to_read(top: float, T: int) -> str:
+    """The Attention page's one-line "how to read this" for a pattern whose colour bar ends at `top`."""
+    clip = (f" The pattern's colour bar is clipped at {top:.3f}, the largest weight outside row 0 (row 0 "
+            "can only attend to itself: always 1.0)." if T > 1 else "")
+    return ("**How to read this:** rows = query (the token looking), columns = key (the token looked "
+            "at); each row sums to 1; the upper triangle is masked (a token cannot see later ones: "
+            "weight 0, score blank)." + clip)
+
+
 def pattern_figure(pattern: torch.Tensor, labels: Sequence[str], title: str = "attention pattern") -> go.Figure:
-    """Heatmap of one head's pattern (T, T): rows are queries, columns keys, values on hover."""
+    """Heatmap of one head's pattern (T, T): rows are queries, columns keys, values on hover; the
+    colour bar ends at pattern_top(pattern)."""
     _check_square(pattern, labels)
     z = pattern.detach().float().cpu()
-    # row 0 is always [1, 0, ...] (the first query sees only itself); scale to the other rows so a
-    # diffuse head is not drawn all white
-    top = float(z[1:].max()) if z.size(0) > 1 else 1.0
-    return _heatmap(z, labels, title, "Blues", "p", zmin=0.0, zmax=max(top, 1e-6))
+    return _heatmap(z, labels, title, "Blues", "p", zmin=0.0, zmax=pattern_top(z))
 
 
 def scores_figure(scores: torch.Tensor, labels: Sequence[str], title: str = "pre-softmax scores q·k/√d") -> go.Figure:
@@ -207,10 +224,11 @@ def uniform_entropy(T: int) -> float:
 
 
 def induction_figure(induction: torch.Tensor, selected: tuple[int, int] | None = None) -> go.Figure:
-    """Heatmap of induction scores (L, H) (gpt.heads.head_scores(...).induction)."""
+    """Heatmap of induction scores (L, H) (gpt.heads.head_scores(...).induction) on a fixed 0..1
+    scale: a mean attention weight, so noise (≤0.01) stays pale instead of filling the scale."""
     L, H = induction.shape
     trace = dict(type="heatmap", z=induction.detach().float().cpu().numpy(), x=[f"H{h}" for h in range(H)],
-                 y=[f"L{l}" for l in range(L)], colorscale="Purples", zmin=0.0, texttemplate="%{z:.2f}",
+                 y=[f"L{l}" for l in range(L)], colorscale="Purples", zmin=0.0, zmax=1.0, texttemplate="%{z:.2f}",
                  hovertemplate="%{y} %{x}<br>induction=%{z:.3f}<extra></extra>")
     shapes = [] if selected is None else [dict(
         type="rect", x0=selected[1] - 0.5, x1=selected[1] + 0.5, y0=selected[0] - 0.5, y1=selected[0] + 0.5,
@@ -227,14 +245,17 @@ class AttentionView:
 
     pattern: go.Figure
     scores: go.Figure
+    how_to_read: str  # the one-line caption under the two heatmaps
     query_html: str
+    query_legend: str  # the strip's colour legend (HTML)
     query_bar: go.Figure
     grid_frame: pd.DataFrame
     grid_spec: dict[str, Any]
     grid_side: int
-    summary: dict[str, torch.Tensor]  # (L, H) each
-    summary_fig: go.Figure
-    selected_scores: dict[str, float]  # the open head's entry of each summary
+    summary: dict[str, torch.Tensor]  # (L, H) each; {} for a one-token prompt (nothing measured)
+    summary_fig: go.Figure | None  # None for a one-token prompt
+    selected_scores: dict[str, float]  # the open head's entry of each summary ({} when none)
+    summary_note: str | None = None  # NEEDS_TWO for a one-token prompt
 
 
 def build(insp: "Inspection", query: int) -> AttentionView:
@@ -252,12 +273,15 @@ def build(insp: "Inspection", query: int) -> AttentionView:
         per.append(head_scores_from_pattern(p))  # {score: (H,)}
         if i == layer:
             opened = p[head].clone()  # (T, T); a clone, so this layer's (H, T, T) can be freed
-    summary = {k: torch.stack([d[k] for d in per]) for k in ("entropy", "prev_token", "first_token")}
+    # one token: the scores over queries 1..T-1 would be placeholders (0, 1), not measurements
+    summary = {k: torch.stack([d[k] for d in per]) for k in ("entropy", "prev_token", "first_token")} if T > 1 else {}
     row = opened[query]  # (T,) where the chosen query attends
     return AttentionView(
         pattern=pattern_figure(opened, labels, title="pattern (softmax)"),
         scores=scores_figure(rec[f"blocks.{layer}.attn.hook_attn_scores"][0, head], labels),
+        how_to_read=how_to_read(pattern_top(opened), T),
         query_html=attention_html(strs, row, query),
+        query_legend=attention_legend_html(row, query),
         query_bar=attention_bar_figure(labels, row, query),
         grid_frame=grid_frame(torch.stack(pooled), side),  # (L, H, S, S), already pooled
         grid_spec=grid_spec(n_layer, n_head, side, selected=(layer, head),
@@ -265,6 +289,7 @@ def build(insp: "Inspection", query: int) -> AttentionView:
         grid_side=side,
         summary=summary,
         summary_fig=head_summary_figure(summary["entropy"], summary["prev_token"], summary["first_token"],
-                                        selected=(layer, head), max_entropy=uniform_entropy(T)),
+                                        selected=(layer, head), max_entropy=uniform_entropy(T)) if summary else None,
         selected_scores={k: float(v[layer, head]) for k, v in summary.items()},
+        summary_note=None if summary else NEEDS_TWO,
     )

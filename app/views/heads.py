@@ -30,6 +30,12 @@ SCORE_HELP: dict[str, str] = {
     "entropy": "mean entropy of the head's attention (bits): low = focused, high = spread out",
     "first_token": "mean weight on the first token (an attention sink)",
 }
+# The attention-mass scores (mean weights, 0..1: drawn on a fixed 0..1 scale) and the score from
+# which a head counts as that kind of head. Induction heads of small trained models score about
+# 0.3-0.9 on TransformerLens's definition; a previous-token or sink head puts most of its weight there.
+THRESHOLDS: dict[str, float] = {"induction": 0.2, "prev_token": 0.5, "first_token": 0.5}
+KINDS: dict[str, str] = {"induction": "induction head", "prev_token": "previous-token head",
+                         "first_token": "attention-sink head"}
 _HEAD_ID = re.compile(r"L(\d+)H(\d+)")
 
 
@@ -57,6 +63,30 @@ def score_tensors(scores: Any) -> dict[str, torch.Tensor]:
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise ValueError(f"head scores must all be (layers, heads) matrices; got shapes {sorted(shapes)}")
     return {k: out[k] for k in SCORES if k in out}  # display order
+
+
+def verdict(scores: Any, key: str, threshold: float | None = None, most: int = 4) -> str:
+    """In words, which heads score at least `threshold` (default THRESHOLDS[key]) on the
+    attention-mass score `key`: "No induction head (max 0.007, L2H1; a head counts from 0.2)." or
+    "2 previous-token heads: L2H3 (0.72), L2H0 (0.51) (score ≥ 0.5).", the `most` best named.
+    `scores` as for score_tensors. "" for a score without a threshold (entropy) or not in `scores`."""
+    mats = score_tensors(scores)
+    if key not in mats or (threshold is None and key not in THRESHOLDS):
+        return ""
+    thr = THRESHOLDS[key] if threshold is None else threshold
+    m = mats[key]  # (L, H)
+    flat = m.reshape(-1)  # (L*H,), layer-major
+    H = m.size(1)
+    order = sorted(range(flat.numel()), key=lambda i: -float(flat[i]))
+    best = order[0]
+    if float(flat[best]) < thr:
+        return (f"No {KINDS[key]} (max {float(flat[best]):.3f}, {head_id(best // H, best % H)}; "
+                f"a head counts from {thr:g}).")
+    strong = [i for i in order if float(flat[i]) >= thr]
+    named = ", ".join(f"{head_id(i // H, i % H)} ({float(flat[i]):.2f})" for i in strong[:most])
+    more = f" and {len(strong) - most} more" if len(strong) > most else ""
+    plural = "s" if len(strong) > 1 else ""
+    return f"{len(strong)} {KINDS[key]}{plural}: {named}{more} (score ≥ {thr:g})."
 
 
 def head_frame(scores: Any, sort_by: str | None = None, descending: bool | None = None) -> pd.DataFrame:

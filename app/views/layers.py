@@ -27,7 +27,12 @@ NORM_CHOICES = {
     "MLP output": "mlp_out",
 }
 MAX_SIM_SIDE = 256  # the position-similarity matrix is pooled to at most this many cells a side
-TEXT_MAX_POSITIONS = 48  # cell text (token strings) only while it can still be read
+LENS_PLOT_PX = 640  # about how wide the lens's cells are drawn on a full-width page (1280 px window)
+LENS_FONTS = (11, 10, 9)  # cell font sizes (px) to try, largest first, before text is cut
+# positions in the lens at once: a character is one glyph, a BPE token several, so fewer fit
+LENS_WIDTHS = {"char": 32, "gpt2": 16}
+CHAR_EM = 0.62  # a monospace character's width, in font sizes
+MATCH = "#e4572e"  # outline of a cell whose guess is the actual next token
 
 
 def _pos_axis() -> dict:
@@ -52,23 +57,67 @@ def norm_figure(norms: dict[str, torch.Tensor], key: str, labels: Sequence[str])
         title=dict(text=f"‖{key}‖ by layer and position"), xaxis=_pos_axis(), yaxis=dict(autorange="reversed")))
 
 
+def fit_label(text: str, max_chars: int) -> str:
+    """`text` in at most `max_chars` characters: cut, with "…" as the last one, when longer."""
+    if len(text) <= max_chars:
+        return text
+    return "" if max_chars <= 0 else text[: max_chars - 1] + "…"
+
+
+def cell_text_size(n_cells: int, width_px: float, longest: int) -> tuple[int, int]:
+    """(font size px, characters that fit) for texts of up to `longest` characters in `n_cells`
+    cells side by side across `width_px`: the largest of LENS_FONTS where the longest fits, else
+    the smallest (longer texts get cut); 0 characters means the cells are too narrow for any text."""
+    cell = width_px / max(1, n_cells) - 4  # a little padding inside each cell
+    for size in LENS_FONTS:
+        chars = max(0, int(cell // (CHAR_EM * size)))
+        if chars >= longest:
+            break
+    return size, chars
+
+
+def lens_width(tokenizer_kind: str) -> int:
+    """How many positions the lens shows at once for a tokenizer of this kind."""
+    return LENS_WIDTHS.get(tokenizer_kind, min(LENS_WIDTHS.values()))
+
+
+def lens_note(model: torch.nn.Module) -> str:
+    """The sentence that explains the lens's "embed" row for `model` (tied or not)."""
+    tied = getattr(model, "lm_head", None) is not None and \
+        model.lm_head.weight is model.transformer.wte.weight
+    if tied:
+        return ("The **embed** row is the token embedding read through the unembedding: the weights are "
+                "tied (lm_head = wteᵀ), so a token's own embedding scores highest against itself and that "
+                "row mostly \"predicts\" the input token, often with p≈1. It is no prediction yet.")
+    return "The **embed** row is the token and position embedding read through the unembedding, before any block."
+
+
 def logit_lens_figure(top_ids: torch.Tensor, top_probs: torch.Tensor, rows: Sequence[str],
                       labels: Sequence[str], token_str: Callable[[int], str],
-                      target_probs: torch.Tensor | None = None) -> go.Figure:
+                      target_probs: torch.Tensor | None = None, targets: Sequence[int | None] | None = None,
+                      width_px: float = LENS_PLOT_PX) -> go.Figure:
     """The logit-lens table: cell (row, position) shows the top token read off that layer's residual,
-    colored by its probability; hover lists the top k (and p(actual next token) when given).
+    colored by its probability, its text cut (or shrunk) to fit a cell of a `width_px`-wide plot;
+    hover lists the top k in full (and p(actual next token) when given). Cells whose top guess is
+    the actual next token (`targets[p]`, None where unknown) are outlined.
 
     top_ids/top_probs (R, P, k) from gpt.analysis.logit_lens; rows: its R row labels; labels: the P
     position labels; token_str: id -> display string (tokenizer.token_str)."""
     R, P, k = top_ids.shape
     if len(rows) != R or len(labels) != P:
         raise ValueError(f"lens is {R} rows x {P} positions; got {len(rows)} row and {len(labels)} position labels")
+    if targets is not None and len(targets) != P:
+        raise ValueError(f"{len(targets)} targets for {P} positions")
     ids = top_ids.tolist()
     probs = top_probs.detach().float().cpu()
     names = {i: token_str(i) for i in {t for r in ids for p in r for t in p}}  # each id converted once
-    text, hover = [], []
+    size, chars = cell_text_size(P, width_px, max(len(names[r[p][0]]) for r in ids for p in range(P)))
+    text, hover, shapes = [], [], []
     for r in range(R):
-        text.append([names[ids[r][p][0]] for p in range(P)])
+        text.append([fit_label(names[ids[r][p][0]], chars) for p in range(P)])
+        # on a category axis, shapes take the category's index as its coordinate
+        shapes += [dict(type="rect", x0=p - 0.5, x1=p + 0.5, y0=r - 0.5, y1=r + 0.5, line=dict(color=MATCH, width=2))
+                   for p in range(P) if targets is not None and targets[p] is not None and ids[r][p][0] == targets[p]]
         row_hover = []
         for p in range(P):
             lines = [f"{j + 1}. {names[ids[r][p][j]]!s}  {float(probs[r, p, j]):.3f}" for j in range(k)]
@@ -76,16 +125,16 @@ def logit_lens_figure(top_ids: torch.Tensor, top_probs: torch.Tensor, rows: Sequ
                 lines.append(f"p(actual next)={float(target_probs[r, p]):.3f}")
             row_hover.append(f"{rows[r]} · {labels[p]}<br>" + "<br>".join(lines))
         hover.append(row_hover)
-    show_text = P <= TEXT_MAX_POSITIONS
     trace = dict(type="heatmap", z=probs[..., 0].numpy(), x=list(labels), y=list(rows), colorscale="YlGnBu",
-                 zmin=0.0, zmax=1.0, text=text, textfont=dict(family="monospace", size=11),
+                 zmin=0.0, zmax=1.0, text=text, textfont=dict(family="monospace", size=size),
                  hovertext=hover, hoverinfo="text", colorbar=dict(title=dict(text="p(top)")))
-    if show_text:
+    if chars > 0:
         trace["texttemplate"] = "%{text}"
+    title = "logit lens: top next-token guess after each block" + \
+        (" (outlined: the actual next token)" if shapes else "")
     return light_figure([trace], dict(
-        height=max(240, 30 * R + 150), margin=dict(l=10, r=10, t=30, b=10),
-        title=dict(text="logit lens: top next-token guess after each block"), xaxis=_pos_axis(),
-        yaxis=dict(autorange="reversed", type="category")))
+        height=max(240, 30 * R + 150), margin=dict(l=10, r=10, t=30, b=10), shapes=shapes,
+        title=dict(text=title), xaxis=_pos_axis(), yaxis=dict(autorange="reversed", type="category")))
 
 
 def embedding_ids(vocab_size: int, prompt_ids: Sequence[int] = (), max_tokens: int = 500) -> list[int]:
@@ -139,6 +188,11 @@ def position_similarity_figure(sim: torch.Tensor, max_side: int = MAX_SIM_SIDE) 
         xaxis=dict(title=dict(text="position")), yaxis=dict(title=dict(text="position"), autorange="reversed")))
 
 
+def lens_targets(ids: Sequence[int], positions: Sequence[int]) -> list[int | None]:
+    """The actual next token after each of `positions` (ids[p + 1]); None after the last token."""
+    return [int(ids[p + 1]) if p + 1 < len(ids) else None for p in positions]
+
+
 def lens_window(T: int, start: int, width: int = 32) -> list[int]:
     """The positions the logit-lens table shows: `width` positions from `start`, kept inside 0..T-1."""
     width = max(1, min(width, T))
@@ -171,7 +225,7 @@ def build(insp: "Inspection", norm_key: str, lens_positions: Sequence[int], per_
     return LayersView(
         norm=norm_figure(norms, norm_key, labels),
         lens=logit_lens_figure(lens.top_ids, lens.top_probs, lens.layers, [labels[p] for p in lens.positions],
-                               insp.token_str, lens.target_probs),
+                               insp.token_str, lens.target_probs, lens_targets(ids, lens.positions)),
         embeddings=embedding_figure(coords, ratio, shown, insp.token_str, highlight=ids),
         positions=positions,
     )

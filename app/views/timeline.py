@@ -19,8 +19,8 @@ import plotly.graph_objects as go
 
 from app.views.attention import pattern_figure
 from app.views.events import last_selected
-from app.views.heads import SCORES, head_id, parse_head_id, score_tensors
-from app.views.layers import logit_lens_figure
+from app.views.heads import SCORE_HELP, SCORES, THRESHOLDS, head_id, parse_head_id, score_tensors, verdict
+from app.views.layers import lens_note, lens_targets, lens_width, logit_lens_figure
 from gpt.analysis import logit_lens, prompt_loss
 
 if TYPE_CHECKING:
@@ -49,26 +49,41 @@ def next_iter(iters: Sequence[int], current: int | None) -> tuple[int, bool]:
 @dataclass
 class SnapshotView:
     """What the timeline shows for one snapshot: pattern (plotly heatmap of the selected head),
-    lens (plotly logit-lens table), loss (mean next-token cross-entropy on the prompt, nats; None for
-    a one-token prompt), and labels (the position labels both figures use)."""
+    lens (plotly logit-lens table of the last positions, full width, with its text), lens_note (its
+    caption: which positions, the embed row), loss (mean next-token cross-entropy on the prompt,
+    nats; None for a one-token prompt), and labels (the position labels of the pattern)."""
     pattern: go.Figure
     lens: go.Figure
+    lens_note: str
     loss: float | None
     labels: list[str]
 
 
-def snapshot_view(insp: "Inspection", k: int = 5) -> SnapshotView:
+def snapshot_view(insp: "Inspection", k: int = 5, width: int | None = None) -> SnapshotView:
     """Figures of one snapshot (the Inspection's model) on its prompt, layer and head, from a
     recording of NAMES. The pattern's color range is fixed to 0..1 so that moving between
-    snapshots compares like with like."""
+    snapshots compares like with like. The lens shows the last `width` positions (default: as many
+    as the Layers page shows for this tokenizer), so each cell can carry its token's text."""
     model, rec, ids, labels, token_str = insp.model, insp.rec, insp.ids, insp.labels, insp.token_str
-    layer, head = insp.layer, insp.head
+    layer, head, T = insp.layer, insp.head, insp.T
     pattern = rec[f"blocks.{layer}.attn.hook_pattern"][0, head]  # (T, T)
     fig_p = pattern_figure(pattern, labels, title=f"{head_id(layer, head)} attention pattern")
     fig_p.update_traces(zmin=0.0, zmax=1.0, zauto=False)
-    lens = logit_lens(model, rec, k=k, ids=ids)
-    fig_l = logit_lens_figure(lens.top_ids, lens.top_probs, lens.layers, labels, token_str, lens.target_probs)
-    return SnapshotView(fig_p, fig_l, prompt_loss(rec["logits"], ids), labels)
+    W = min(width or lens_width(insp.loaded.tokenizer.kind), T)
+    lens = logit_lens(model, rec, k=k, positions=range(T - W, T), ids=ids)
+    fig_l = logit_lens_figure(lens.top_ids, lens.top_probs, lens.layers, [labels[p] for p in lens.positions],
+                              token_str, lens.target_probs, lens_targets(ids, lens.positions))
+    shown = f"Positions {T - W}…{T - 1} of {T}" if W < T else f"All {T} positions"
+    note = f"{shown}; an outline marks a guess that is the actual next token. {lens_note(model)}"
+    return SnapshotView(fig_p, fig_l, note, prompt_loss(rec["logits"], ids), labels)
+
+
+def loss_delta(loss: float | None, prev: tuple[int, float | None] | None) -> str | None:
+    """The change of the prompt's loss since the previous snapshot `prev` = (iter, loss), as the
+    loss metric's delta ("-0.065 since iter 5000"); None when either loss is unknown."""
+    if loss is None or prev is None or prev[1] is None:
+        return None
+    return f"{loss - prev[1]:+.3f} since iter {prev[0]}"
 
 
 # -- every head across training ---------------------------------------------------------------------
@@ -99,7 +114,9 @@ def history_chart(frame: pd.DataFrame, score: str, selected: str | None = None,
     PICK_PARAM on field "head" (nearest=True, so the user need not hit the thin line); read it with
     `chart_pick`. `selected` (a head id) is drawn thick and labelled, the others thin and faded."""
     x = alt.X("iter:O", title="iteration (snapshot)", axis=alt.Axis(labelAngle=0))
-    y = alt.Y("value:Q", title=SCORES[score])
+    # attention-mass scores on their whole 0..1 range, so noise (a few thousandths) stays a flat line
+    y = alt.Y("value:Q", title=SCORES[score],
+              scale=alt.Scale(domain=[0, 1]) if score in THRESHOLDS else alt.Scale(zero=True))
     color = alt.Color("layer:N", title="layer", scale=alt.Scale(scheme="category10"))
     base = alt.Chart(frame).encode(x=x, y=y, color=color, detail="head:N")
     hot = alt.datum.head == (selected or "")
@@ -117,6 +134,15 @@ def history_chart(frame: pd.DataFrame, score: str, selected: str | None = None,
         layers.append(alt.Chart(last).mark_text(align="left", dx=8, fontWeight="bold", fontSize=13)
                       .encode(x=x, y=y, text="head:N", color=color))
     return alt.layer(*layers).properties(height=height)
+
+
+def history_caption(score: str, last: Any, n_repeated: int) -> str:
+    """The caption under history_chart: what `score` means, what it was measured on, and in words
+    which heads count as that kind at the last snapshot (`last`: its scores, see verdict)."""
+    return (f"{SCORE_HELP[score][0].upper() + SCORE_HELP[score][1:]}; measured on a random sequence of "
+            f"{n_repeated} tokens repeated twice, the same at every snapshot. One line per head, colored "
+            "by layer; click a line to open that head." + (f" At the last snapshot: {v[0].lower()}{v[1:]}"
+                                                           if (v := verdict(last, score)) else ""))
 
 
 def chart_pick(event: Any, n_layer: int, n_head: int) -> tuple[int, int] | None:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import plotly.graph_objects as go
-from plotly.colors import get_colorscale
+from plotly.colors import get_colorscale, sample_colorscale
 import torch
 
 from gpt.analysis import next_token
 from gpt.generate import sampling_distribution
+from gpt.tokenizer import VISIBLE
 
 if TYPE_CHECKING:
     from app.inspection import Inspection
@@ -28,6 +29,10 @@ _STOPS = ((0.0, (248, 150, 150)), (0.5, (250, 226, 140)), (1.0, (150, 220, 150))
 LOG10_FLOOR = -4.0  # probabilities below 1e-4 all get the reddest color
 _MD_SPECIAL = "$*_`[]\\~#|:<>&{}"  # markdown, LaTeX ($) and Streamlit directive (:red[...]) syntax
 FONT = "font-family:ui-monospace,SFMono-Regular,Menlo,monospace;"
+# What each whitespace glyph of gpt.tokenizer.VISIBLE stands for (a test checks none is missing).
+GLYPH_NAMES = {" ": "space", "\n": "newline", "\t": "tab", "\r": "carriage return"}
+# Attention weight has its own palette, the heatmaps' Blues (light = 0); red..green means surprise.
+WEIGHT_SCALE = get_colorscale("Blues")
 
 
 def light_figure(data: list[dict[str, Any]], layout: dict[str, Any]) -> go.Figure:
@@ -56,6 +61,21 @@ def md_label(text: str) -> str:
     return "".join("\\" + c if c.isascii() and not c.isalnum() and not c.isspace() else c for c in text)
 
 
+def glyph_legend() -> str:
+    """The one legend of how a token is drawn, on every page that draws tokens (HTML, for
+    st.markdown(unsafe_allow_html=True)): each whitespace glyph of gpt.tokenizer.visible() as a token
+    chip with its name, the code-point and byte forms, and the position prefix of axis labels."""
+    def chip(glyph: str, name: str) -> str:
+        return _span(glyph, "#e6e6e6", name) + f" {esc(name)}"
+
+    parts = [chip(VISIBLE[c], GLYPH_NAMES[c]) for c in VISIBLE]
+    parts += [chip("<U+0007>", "another control character"),
+              chip("<0xE2>", "one byte of a character split across BPE tokens"),
+              chip("5:·", "on an axis: position 5, token ·")]
+    return ('<div style="font-size:0.85em;color:#555"><b>Reading tokens:</b> ' + "&emsp;".join(parts)
+            + "</div>")
+
+
 def unique_labels(token_strs: Sequence[str], start: int = 0) -> list[str]:
     """Axis categories for tokens: "3:·the". The position prefix makes repeated tokens distinct
     (plotly merges equal category labels into one row/column)."""
@@ -64,7 +84,7 @@ def unique_labels(token_strs: Sequence[str], start: int = 0) -> list[str]:
 
 def prob_color(p: float, log: bool = True) -> str:
     """Background color for probability `p` in [0, 1]. log=True spreads 1e-4..1 evenly, which is
-    where a language model's probabilities live; log=False is linear (attention weights)."""
+    where a language model's probabilities live; log=False is linear."""
     p = min(max(float(p), 0.0), 1.0)
     if log:
         x = (max(math.log10(p), LOG10_FLOOR) - LOG10_FLOOR) / -LOG10_FLOOR if p > 0 else 0.0
@@ -78,8 +98,15 @@ def prob_color(p: float, log: bool = True) -> str:
     return "rgb({},{},{})".format(*_STOPS[-1][1])
 
 
-def _span(text: str, bg: str, title: str, extra: str = "") -> str:
-    return (f'<span title="{esc(title)}" style="background:{bg};color:#111;padding:1px 2px;'
+def weight_color(x: float) -> tuple[str, str]:
+    """(background, text colour) for an attention weight `x` in [0, 1] on the Blues palette the
+    heatmaps use; white text once the blue gets dark."""
+    x = min(max(float(x), 0.0), 1.0)
+    return sample_colorscale(WEIGHT_SCALE, [x])[0], "#fff" if x > 0.55 else "#111"
+
+
+def _span(text: str, bg: str, title: str, extra: str = "", fg: str = "#111") -> str:
+    return (f'<span title="{esc(title)}" style="background:{bg};color:{fg};padding:1px 2px;'
             f'margin:1px;border-radius:3px;display:inline-block;{FONT}{extra}">{esc(text)}</span>')
 
 
@@ -109,8 +136,9 @@ def surprise_legend_html() -> str:
 
 
 def attention_html(token_strs: Sequence[str], weights: torch.Tensor, query: int) -> str:
-    """Where one query attends: tokens 0..query colored by attention weight (linear scale, the
-    row's max = full color); later tokens (masked) are faded; the query itself is outlined."""
+    """Where one query attends: tokens 0..query colored by attention weight on the Blues palette
+    (linear, the row's max = darkest; attention_legend_html says so with numbers); later tokens
+    (masked) are faded; the query itself is outlined."""
     w = weights.detach().float().cpu()
     top = float(w[: query + 1].max()) if query >= 0 and w.numel() else 1.0
     spans = []
@@ -120,11 +148,30 @@ def attention_html(token_strs: Sequence[str], weights: torch.Tensor, query: int)
             continue
         a = float(w[i])
         outline = "outline:2px solid #1f4fd8;" if i == query else ""
-        spans.append(_span(s, prob_color(a / top if top > 0 else 0.0, log=False),
-                           f"{i}: {s!r}  attention={a:.4f}", outline))
+        bg, fg = weight_color(a / top if top > 0 else 0.0)
+        spans.append(_span(s, bg, f"{i}: {s!r}  attention={a:.4f}", outline, fg))
         if s.endswith("⏎"):
             spans.append("<br>")
     return f'<div style="line-height:1.9">{"".join(spans)}</div>'
+
+
+def attention_legend_html(weights: torch.Tensor, query: int) -> str:
+    """The legend of `attention_html` for the same row: swatches from weight 0 to the row's largest
+    weight (the darkest blue), and what uniform attention over the query's keys would be, so an
+    evenly spread row is not read as strong attention; a faded "later: masked" chip when the row
+    has keys after the query."""
+    later = weights.numel() > query + 1  # keys after the query exist (and are drawn faded)
+    w = weights.detach().float().cpu()[: query + 1]
+    top = float(w.max()) if w.numel() else 0.0
+    cells = []
+    for x in (0.0, 0.25, 0.5, 0.75, 1.0):
+        bg, fg = weight_color(x)
+        cells.append(_span(f"{x * top:.3f}", bg, f"attention weight {x * top:.4f}", fg=fg))
+    n = query + 1
+    return ('<div style="font-size:0.85em">attention weight ' + "".join(cells) +
+            f" (darkest = this row's largest; uniform over its {n} key{'s' if n > 1 else ''} would be "
+            f"{1 / n:.3f} each)" + (' &nbsp; <span style="background:#f4f4f4;opacity:0.6;padding:1px 4px">'
+                                    "later: masked</span>" if later else "") + "</div>")
 
 
 def distribution_figure(token_strs: Sequence[str], probs: Sequence[float], chosen: int | None = None,

@@ -36,10 +36,21 @@ def number_args(name: str, kind: type, default: float) -> dict[str, Any]:
                 step=1e-4 if lr else 0.05)
 
 
+def _count(v: Any) -> int | None:
+    """v when it is a whole number >= 0 (not a bool), else None: a run folder may hold anything."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def _number(v: Any) -> float | None:
+    """v when it is a finite number (not a bool), else None."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
 def resume_args(status: dict[str, Any]) -> dict[str, Any]:
     """st.number_input arguments for "resume until iter": past where the run is, and by default
     its old target, or twice its iterations when it reached that target."""
-    it, mx = int(status.get("iter") or 0), int(status.get("max_iters") or 0)
+    it, mx = _count(status.get("iter")) or 0, _count(status.get("max_iters")) or 0
     return dict(min_value=it + 1, value=mx if mx > it else 2 * max(it, 1))
 
 
@@ -76,19 +87,29 @@ def human_duration(s: float | None) -> str:
 
 
 # -- runs ------------------------------------------------------------------------------------------
+def state_label(r: dict[str, Any]) -> str:
+    """A run's state for the table: an unreadable run shows why ("unreadable: <reason>")."""
+    state = r.get("state") if isinstance(r.get("state"), str) else "unknown"
+    if state == "unreadable" and isinstance(r.get("message"), str):
+        return r["message"].split("; delete the run")[0][:120]
+    return state
+
+
 def run_rows(runs: Sequence[dict[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
-    """One row per run (trainers.runs.list_runs dicts) for the runs table."""
+    """One row per run (trainers.runs.list_runs dicts) for the runs table; a value of the wrong
+    type shows as "—" rather than failing."""
     now = time.time() if now is None else now
     out = []
     for r in runs:
-        it, mx = r.get("iter"), r.get("max_iters")
-        val = r.get("val_loss") if r.get("val_loss") is not None else r.get("best_val_loss")
-        ts = r.get("updated_ts")
-        out.append({"run": r.get("name"), "state": r.get("state", "unknown"),
+        it, mx = _count(r.get("iter")), _count(r.get("max_iters"))
+        val = _number(r.get("val_loss"))
+        val = _number(r.get("best_val_loss")) if val is None else val
+        ts = _number(r.get("updated_ts"))
+        out.append({"run": str(r.get("name")), "state": state_label(r),
                     "iter": f"{it if it is not None else '—'} / {mx if mx is not None else '—'}",
-                    "val loss": round(val, 4) if isinstance(val, (int, float)) else None,
-                    "preset": r.get("preset") or "—", "data": r.get("data") or "—",
-                    "updated": f"{human_duration(now - ts)} ago" if isinstance(ts, (int, float)) else "—"})
+                    "val loss": round(val, 4) if val is not None else None,
+                    "preset": str(r.get("preset") or "—"), "data": str(r.get("data") or "—"),
+                    "updated": f"{human_duration(now - ts)} ago" if ts is not None else "—"})
     return out
 
 
@@ -105,12 +126,11 @@ def progress(status: dict[str, Any], logged_tokens_per_s: float | None = None) -
     """Where a run is: status.json's iter/max_iters/tokens_per_s/eta_s, falling back to the last
     logged tokens_per_s (trainers.metrics.Metrics.last_tokens_per_s). A run that is not going has
     no ETA."""
-    it = int(status.get("iter") or 0)
-    mx = int(status.get("max_iters") or 0)
-    tps = status.get("tokens_per_s")
+    it, mx = _count(status.get("iter")) or 0, _count(status.get("max_iters")) or 0
+    tps = _number(status.get("tokens_per_s"))
     if tps is None:
         tps = logged_tokens_per_s
-    eta = status.get("eta_s") if status.get("state") in ("starting", "running", "stopping") else None
+    eta = _number(status.get("eta_s")) if status.get("state") in ("starting", "running", "stopping") else None
     return Progress(iter=it, max_iters=mx, fraction=min(1.0, it / mx) if mx else 0.0,
                     tokens_per_s=tps, eta_s=eta)
 
@@ -123,9 +143,11 @@ def status_caption(state: str, prog: Progress, points: int, live: bool) -> str:
 
 
 def status_note(status: dict[str, Any]) -> tuple[str, str] | None:
-    """("error" | "info", the run's own message) for a run that failed, was interrupted or stopped."""
-    if status.get("message") and status.get("state") in ("failed", "interrupted", "stopped"):
-        return ("error" if status["state"] == "failed" else "info"), status["message"]
+    """("error" | "info", the run's own message) for a run that failed, was interrupted, stopped,
+    or cannot be read."""
+    msg = status.get("message")
+    if msg and isinstance(msg, str) and status.get("state") in ("failed", "interrupted", "stopped", "unreadable"):
+        return ("error" if status["state"] in ("failed", "unreadable") else "info"), msg
     return None
 
 

@@ -158,8 +158,9 @@ def stage_values(stage: str, layer: int, rec: Recorder, model: torch.nn.Module) 
 # Figures are few and carry several panels each: in the browser every chart costs far more than a
 # panel (Streamlit's per-chart work), so a stage draws 1-3 charts. Traces are plain dicts and the
 # layout goes in the constructor: plotly validates once (update_layout would cost ~5 ms a figure).
-Cell = dict  # {"traces": [trace dicts], "title": str, "x": xaxis props, "y": yaxis props}
+Cell = dict  # {"traces": [...], "title": str, "x": xaxis props, "y": yaxis props, "pad": extra gap before it}
 AXIS_FONT = dict(family="monospace", size=10)
+PANEL_PX = 800  # about a full-width figure's plot width in a 1280-px window (room for tick labels)
 
 
 def heat(z: torch.Tensor, x: Sequence[Any] | None, y: Sequence[str], what: str, colorscale: str = "RdBu_r",
@@ -178,17 +179,20 @@ def heat(z: torch.Tensor, x: Sequence[Any] | None, y: Sequence[str], what: str, 
 def grid_figure(grid: list[list[Cell]], widths: Sequence[float], row_px: int, gap: float = 0.06,
                 vgap_px: int = 80) -> go.Figure:
     """Panels on a grid, one plotly figure: grid[r][c] is a Cell, columns `widths` wide (relative),
-    `gap` (a fraction of the width: room for a colour bar) apart, rows row_px tall. Panels in a row
-    share the first one's y axis (positions line up); heatmaps get a thin colour bar just right of
-    their panel unless the trace sets showscale=False."""
+    `gap` (a fraction of the width: room for a colour bar) apart, plus a cell's "pad" before it
+    (room for its own tick labels), rows row_px tall. Panels in a row share the first one's y axis
+    (positions line up); heatmaps get a thin colour bar just right of their panel unless the trace
+    sets showscale=False."""
     n = len(grid)
     H = n * row_px + (n - 1) * vgap_px
-    scale = (1 - gap * (len(widths) - 1)) / sum(widths)  # width units -> fraction of the figure
     data, layout, notes, k = [], {}, [], 0
     for r, row in enumerate(grid):
+        pads = sum(cell.get("pad", 0.0) for cell in row)
+        scale = (1 - gap * (len(widths) - 1) - pads) / sum(widths)  # width units -> fraction of the figure
         y1 = 1 - r * (row_px + vgap_px) / H
         y0, x, first = max(0.0, y1 - row_px / H), 0.0, None
         for c, cell in enumerate(row):
+            x += cell.get("pad", 0.0)
             x0, x1 = x, min(1.0, x + widths[c] * scale)
             x = x1 + gap
             k += 1
@@ -198,8 +202,8 @@ def grid_figure(grid: list[list[Cell]], widths: Sequence[float], row_px: int, ga
                     t = {**t, "colorbar": dict(x=x1 + 0.004, xanchor="left", y=(y0 + y1) / 2, len=row_px / H,
                                                thickness=8, tickfont=dict(size=9))}
                 data.append({**t, "xaxis": "x" + sx, "yaxis": "y" + sx})
-            layout["xaxis" + sx] = dict(domain=[x0, x1], anchor="y" + sx, tickfont=AXIS_FONT, showgrid=False,
-                                        **cell.get("x", {}))
+            layout["xaxis" + sx] = {**dict(domain=[x0, x1], anchor="y" + sx, tickfont=AXIS_FONT, showgrid=False),
+                                    **cell.get("x", {})}
             yax = dict(domain=[y0, y1], anchor="x" + sx, type="category", autorange="reversed", tickfont=AXIS_FONT,
                        showgrid=False)
             if first is not None:  # line up with the row's first panel
@@ -263,8 +267,10 @@ def stage_figure(sv: StageValues, rows: Sequence[str], token_str: Callable[[int]
     cells, widths = [main, norms], [3.0, 1.3 if one else 1.7]
     if sv.head_norms is not None:
         H = sv.head_norms.size(1)
+        # its own position labels: with many heads it sits far from the first panel's
+        pad = min(0.15, (max(map(len, rows), default=1) * 6.2 + 12) / PANEL_PX)
         cells.append(Cell(traces=[heat(sv.head_norms, [f"H{h}" for h in range(H)], rows, "‖z_h‖", "Blues", False)],
-                          title="‖z_h‖ per head", x=dict(type="category")))
+                          title="‖z_h‖ per head", x=dict(type="category"), y=dict(showticklabels=True), pad=pad))
         widths.append(0.25 * H + 0.3)
     return grid_figure([cells], widths, heatmap_height(len(rows)))
 

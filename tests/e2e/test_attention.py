@@ -123,3 +123,50 @@ def test_head_table_row_click_opens_head(page, live_app: str) -> None:
     expect_head(page, 1, 1)
     assert_no_exception(page)
     full_screenshot(page, "attention-head-table")
+
+
+def ticked_rows(page, n_rows: int) -> list[int]:
+    """Rows of the head table whose checkbox is ticked. The table is a canvas: a ticked box is
+    filled with the theme's red, an empty one is white, so read the pixel at each box's centre
+    (a 35 px header, then 35 px per row; the checkbox column at the left edge)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    grid = page.locator("[data-testid='stDataFrame']").first
+    grid.scroll_into_view_if_needed()
+    wait_for_app(page)
+    img = Image.open(BytesIO(grid.screenshot())).convert("RGB")
+    rows = []
+    for i in range(n_rows):
+        r, g, b = img.getpixel((14, 35 + 35 * i + 17))
+        if r > 150 and g < 120 and b < 120:
+            rows.append(i)
+    return rows
+
+
+def test_opening_a_head_in_the_grid_moves_the_table_tick(page, live_app: str) -> None:
+    """Issue 12, point 15: after a click on L1H1 in the all-heads grid, the head table ticks L1H1,
+    not L0H0: every head selector shows the one open head. Rows: L0H0, L0H1, L1H0, L1H1."""
+    open_app(page, live_app + "/attention")
+    type_prompt(page, "To be, or not")
+    expect_head(page, 0, 0)
+    assert ticked_rows(page, 4) == [0]
+    click_block(page, 1, 1)
+    assert ticked_rows(page, 4) == [3]
+    full_screenshot(page, "attention-table-follows-grid")
+
+
+def test_how_to_read_and_the_legends_are_shown(page, live_app: str) -> None:
+    """Issue 12, points 11 and 12: the caption, the glyph legend, and the strip in blues."""
+    open_app(page, live_app + "/attention")
+    type_prompt(page, "To be, or not")
+    expect(page.get_by_text("How to read this:")).to_be_visible()
+    expect(page.get_by_text("Reading tokens:")).to_have_count(1)
+    expect(page.get_by_text(re.compile(r"uniform over its \d+ keys? would be"))).to_be_visible()
+    spans = page.locator("[data-testid='stMarkdownContainer'] span[title*='attention=']")
+    expect(spans).to_have_count(len("To be, or not"))
+    colours = [spans.nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(spans.count())]
+    rgb = [tuple(int(v) for v in re.findall(r"\d+", c)[:3]) for c in colours]
+    assert all(b >= r and b >= g for r, g, b in rgb), rgb  # blues, no red..green
+    assert_no_exception(page)

@@ -16,6 +16,8 @@ def test_select_a_position_and_see_its_distribution(page, live_app: str) -> None
     type_prompt(page, "To be, or not")
     strip = page.locator("[data-testid='stMarkdownContainer'] span[title*='surprise']")
     expect(strip).to_have_count(len("To be, or not") - 1)  # every token but the first was predicted
+    expect(page.get_by_text("Reading tokens:")).to_have_count(1)  # issue 12, point 11: the glyph legend
+    expect(page.locator("span[title='newline']")).to_have_text("⏎")
     heading = page.get_by_role("heading", name=re.compile("^Next-token distribution after"))
     expect(heading).to_have_text(re.compile("12:t$"))  # the last position first
 

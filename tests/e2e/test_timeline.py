@@ -42,7 +42,15 @@ def step_slider_to(page, target: int, iters: tuple[int, ...]) -> None:
 
 
 def heatmap(page):
-    return page.locator("[data-testid='stPlotlyChart']").first
+    """The selected head's pattern heatmap of the replayed snapshot."""
+    return page.locator("[data-testid='stPlotlyChart']").filter(
+        has=page.locator(".gtitle", has_text="attention pattern")).first
+
+
+def lens_texts(page) -> list[str]:
+    """The token texts drawn in the replayed snapshot's logit-lens cells."""
+    lens = page.locator("[data-testid='stPlotlyChart']").filter(has=page.locator(".gtitle", has_text="logit lens"))
+    return lens.first.evaluate("e => [...e.querySelectorAll('.heatmaplayer text')].map(t => t.textContent)")
 
 
 def test_slider_replays_another_snapshot(page, url: str, tiny_checkpoint) -> None:
@@ -61,6 +69,9 @@ def test_slider_replays_another_snapshot(page, url: str, tiny_checkpoint) -> Non
     after = heatmap(page).screenshot()
     assert after != before, "the heatmap did not change with the snapshot"
     assert page.get_by_text(f"iter {iters[0]}: figures in").count() == 1
+    # issue 12, point 13: the lens carries its token texts (2 layers + embed, the prompt's last 32 positions)
+    texts = lens_texts(page)
+    assert len(texts) == 3 * 32 and all(len(t) == 1 for t in texts), texts[:5]
     page.get_by_text("All heads at the last snapshot").click()  # show the head table in the artifact
     page.locator("[data-testid='stDataFrame']").first.wait_for()
     # Streamlit scrolls inside its own container, so a "full page" shot is one viewport: make the

@@ -2,6 +2,8 @@
 selector, and by clicking its box in the diagram) opens it up down to the q·kᵀ heatmap."""
 from __future__ import annotations
 
+import re
+
 from playwright.sync_api import expect
 
 from tests.e2e.helpers import assert_no_exception, open_app, screenshot, wait_for_app
@@ -61,3 +63,35 @@ def test_clicking_the_attention_box_selects_it(page, live_app: str) -> None:
     assert_no_exception(page)
     expect(page.get_by_role("heading", name="scaled scores q·kᵀ/√d")).to_have_count(1)
     screenshot(page, "walkthrough-click")
+
+
+def test_twelve_layer_diagram_labels_do_not_overlap(page, app_server, tmp_path) -> None:
+    """Issue 12, point 17: with 12 layers the shape labels under ln_f and lm_head ran into each
+    other. A random 12-layer model: no two shape labels' boxes intersect in the browser."""
+    import torch
+
+    from gpt.checkpoint import save
+    from gpt.config import GPTConfig
+    from gpt.model import GPT
+    from gpt.tokenizer import CharTokenizer
+
+    tok = CharTokenizer(sorted(set("ROMEO:\nBut soft, what light through yonder window breaks?")))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=12, n_head=4, n_embd=32, block_size=64, vocab_size=tok.vocab_size))
+    ckpt = save(tmp_path / "twelve", model, tok)
+    (tmp_path / "root").mkdir()
+    url = app_server(tmp_path / "root", NANOLENS_BUNDLED=str(ckpt))
+    page.set_viewport_size({"width": 1280, "height": 1400})
+    open_app(page, url + "/walkthrough")
+    assert_no_exception(page)
+    diagram = page.locator("[data-testid='stPlotlyChart']").first
+    assert diagram.locator(".scatterlayer .point").count() == 4 + 12 + 2 + 6
+    labels = diagram.locator(".annotation-text").filter(has_text=re.compile(r"^\(\d"))
+    boxes = [labels.nth(i).bounding_box() for i in range(labels.count())]
+    assert len(boxes) >= 10
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            apart = (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+                     or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+            assert apart, (a, b)
+    screenshot(page, "walkthrough-12-layers")
