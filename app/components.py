@@ -135,6 +135,18 @@ def inspection(names: tuple[str, ...], where: Any = st, check: tuple[str, ...] |
     return insp
 
 
+def load_or_stop(ref: str, what: str) -> "resources.Loaded":
+    """resources.load_model(ref); when it cannot load, say so ("<what> cannot be loaded: <why>")
+    and stop the script (or the fragment) here."""
+    from gpt.checkpoint import CheckpointError
+
+    try:
+        return resources.load_model(ref)
+    except CheckpointError as e:
+        st.error(f"{what} cannot be loaded: {e}")
+        st.stop()
+
+
 # -- the one model picker ---------------------------------------------------------------------------
 def picker(key: str, level: str = "checkpoint", where: Any = st, current: str | None = None,
            on_change: Callable[[str], None] | None = None, help: str | None = None) -> str | None:

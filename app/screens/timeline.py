@@ -83,9 +83,7 @@ top = st.columns([1, 2])
 run = components.picker(RUN_KEY, "run", where=top[0], current=ss.get(state.MODEL_REF),
                         help="Runs that kept snapshots while training.")
 if run is None:
-    st.info("No run with snapshots yet. Training keeps snapshots at iterations 0, 10, 25, 50, 100, "
-            "250, … (snapshots are on by default): start a run on the Train page, or get the bundled "
-            f"model into `checkpoints/{catalog.BUNDLED_NAME}`.")
+    st.info(vt.no_runs_note(catalog.BUNDLED_NAME))
     st.page_link("screens/train.py", label="Train a model", icon=":material/model_training:")
     st.stop()
 paths = {it: str(p) for it, p in catalog.snapshots(run)}
@@ -93,11 +91,7 @@ if not paths:
     st.warning(f"{catalog.describe(run)} has no snapshots any more; pick another run.")
     st.stop()
 iters = list(paths)
-try:
-    final = resources.load_model(paths[iters[-1]])  # tokenizer and shape (shared by the snapshots)
-except CheckpointError as e:
-    st.error(f"The run's last snapshot cannot be loaded: {e}")
-    st.stop()
+final = components.load_or_stop(paths[iters[-1]], "The run's last snapshot")  # tokenizer and shape
 top[1].caption(f"{len(iters)} snapshots, iter {iters[0]} … {iters[-1]} · {final.config.n_layer} layers × "
                f"{final.config.n_head} heads")
 ids = tuple(components.prompt_box(final, vt.NAMES, where=top[1]).ids)
@@ -123,11 +117,7 @@ def replay() -> None:
     b.button("Pause" if PLAYING else "Play", key="_tl_play", on_click=player.toggle, width="stretch",
              icon=":material/pause:" if PLAYING else ":material/play_arrow:")
     t0 = time.perf_counter()
-    try:
-        insp = resources.inspect(resources.load_model(paths[it]), ids, vt.NAMES, layer, head)
-    except CheckpointError as e:
-        st.error(f"iter {it} cannot be loaded: {e}")
-        return
+    insp = resources.inspect(components.load_or_stop(paths[it], f"iter {it}"), ids, vt.NAMES, layer, head)
     i = iters.index(it)
     prev = (iters[i - 1], resources.prompt_loss_at(paths[iters[i - 1]], ids)) if i else None
     snapshot(it, insp, prev, (time.perf_counter() - t0) * 1000)

@@ -33,6 +33,13 @@ PICK_PARAM = "head_pick"  # the history chart's point selection (Streamlit repor
 SAMPLE_TOKENS = 40  # the page's greedy sample: gpt.generate.greedy_continuation(model, ids, SAMPLE_TOKENS)
 
 
+def no_runs_note(bundled_name: str) -> str:
+    """What the Timeline says when no run kept snapshots."""
+    return ("No run with snapshots yet. Training keeps snapshots at iterations 0, 10, 25, 50, 100, "
+            "250, … (snapshots are on by default): start a run on the Train page, or get the bundled "
+            f"model into `checkpoints/{bundled_name}`.")
+
+
 # -- playing ---------------------------------------------------------------------------------------
 def next_iter(iters: Sequence[int], current: int | None) -> tuple[int, bool]:
     """The snapshot after `current` for the play button, and whether it is the last one.
