@@ -13,7 +13,7 @@ they ask here. No Streamlit and no torch here, so tests and the router import it
   entries(snapshots=True) -> [Entry]       everything pickable without typing a path
   sources() -> [Source]                    the bundled model and the runs, for two-level pickers
   checkpoints(source) -> [Entry]           one source's latest, best and snapshots (newest first)
-  timeline_runs(current_ref) -> [Source]   runs that kept snapshots, the bundled and current first
+  timeline_runs(current_ref) -> [Source]   runs that kept snapshots, the current and bundled first
   snapshots(run) -> [(iter, Path)]
 """
 from __future__ import annotations
@@ -30,6 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLED_NAME = "shakespeare-char"  # <repo>/checkpoints/<this> is the bundled model
 BUNDLED_SOURCE = "(bundled model)"  # the source key of the bundled model in two-level pickers
 UPLOADS = ".uploads"  # under the checkpoints root; hidden, so never listed as a run
+# what reading a hand-edited or half-written run folder can raise: such a run lists no checkpoints
+# (trainers.runs.list_runs shows it as "unreadable"), and no page goes down with it
+UNREADABLE = (OSError, ValueError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ def has_checkpoint(path: str | os.PathLike) -> bool:
     folder, a nanoGPT out_dir or ckpt.pt, a Hugging Face folder); loading may still fail."""
     try:
         p = resolve_checkpoint(Path(path))
-    except (CheckpointError, OSError):
+    except (CheckpointError, *UNREADABLE):
         return False
     return p.is_file() or (p / "config.json").is_file() or (p / "ckpt.pt").is_file()
 
@@ -103,19 +106,26 @@ def default_ref() -> str | None:
 
 def describe(ref: str | os.PathLike) -> str:
     """A short label for a model ref: "bundled · shakespeare-char", "<run> · latest",
-    "<run> · best", "<run> · iter 500", "upload · <file>", else the path's last two parts."""
+    "<run> · best", "<run> · iter 500", "upload · ckpt.pt + meta.pkl" (the names the user
+    uploaded), else the path's last two parts. A run without a complete latest/ is labelled by
+    what loading it shows ("<run> · best (no latest/)"), never passed off as latest."""
+    from app import uploads  # (app.uploads imports this module)
+
     p = Path(ref).expanduser()
     bundled = bundled_path()
     if _is_bundled(p, bundled):
         return f"bundled · {bundled.name}"
     try:
         parts = p.resolve().relative_to(checkpoints_root().resolve()).parts
-    except ValueError:
+    except (ValueError, OSError):
         parts = ()
     if parts and parts[0] == UPLOADS:
+        names = uploads.upload_names(p)
+        if names:
+            return f"upload · {' + '.join(names[:3])}{' …' if len(names) > 3 else ''}"
         return f"upload · {parts[1]}" if len(parts) > 1 else "uploads"
     if len(parts) == 1:
-        return f"{parts[0]} · latest"
+        return f"{parts[0]} · {_run_shows(p)}"
     if len(parts) == 2 and p.resolve() in (latest_dir(p.parent).resolve(), best_dir(p.parent).resolve()):
         return f"{parts[0]} · {parts[1]}"
     if len(parts) == 3 and run_of(p) is not None and SNAPSHOT_RE.fullmatch(parts[2]):
@@ -123,21 +133,45 @@ def describe(ref: str | os.PathLike) -> str:
     return "/".join(p.parts[-2:]) if len(p.parts) > 1 else str(p)
 
 
+def _run_shows(run: Path) -> str:
+    """Which checkpoint loading a run folder gives, for describe: "latest" (also while latest/ is
+    being swapped: its hidden copy is the latest), else "best (no latest/)" or "iter N (no latest/)"."""
+    try:
+        p = resolve_checkpoint(run)
+    except (CheckpointError, *UNREADABLE):
+        return "latest"
+    if p == best_dir(run):
+        return "best (no latest/)"
+    its = [it for it, sp in list_snapshots(run) if sp == p]
+    return f"iter {its[0]} (no latest/)" if its else "latest"
+
+
 def snapshots(run: str | os.PathLike) -> list[tuple[int, Path]]:
-    """[(iter, folder)] of a run's complete snapshots, oldest first."""
-    return list_snapshots(run)
+    """[(iter, folder)] of a run's complete snapshots, oldest first; [] when they cannot be read."""
+    try:
+        return list_snapshots(run)
+    except UNREADABLE:
+        return []
+
+
+def _complete(folder: Path) -> bool:
+    """Whether `folder` is a complete checkpoint that can be read."""
+    try:
+        return _is_checkpoint(folder)
+    except UNREADABLE:
+        return False
 
 
 def _run_entries(run: Path, name: str, snaps: bool) -> list[Entry]:
     """A run's latest (the run folder itself, which follows latest/), best and snapshots (newest
-    first); only those that exist."""
+    first); only those that exist and can be read."""
     out = []
-    if _is_checkpoint(latest_dir(run)):
+    if _complete(latest_dir(run)):
         out.append(Entry(str(run), f"{name} · latest", "latest"))
-    if _is_checkpoint(best_dir(run)):
+    if _complete(best_dir(run)):
         out.append(Entry(str(best_dir(run)), f"{name} · best", "best"))
     if snaps:
-        out += [Entry(str(p), f"{name} · iter {it}", f"iter {it}") for it, p in reversed(list_snapshots(run))]
+        out += [Entry(str(p), f"{name} · iter {it}", f"iter {it}") for it, p in reversed(snapshots(run))]
     return out
 
 
@@ -176,23 +210,29 @@ def entries(snapshots: bool = True) -> list[Entry]:
 
 
 def timeline_runs(current_ref: str | None) -> list[Source]:
-    """Every run with at least one snapshot: the bundled model's run first, then the current
-    model's run, then the others newest first. Each folder appears once."""
+    """Every run with at least one snapshot: the current model's run first (the Timeline opens on
+    the model being inspected), then the bundled model's run, then the others newest first. Each
+    folder appears once; the bundled run keeps its "bundled" label when it is the current one."""
     out: list[Source] = []
     seen: set[Path] = set()
 
     def add(run: Path | None, label: str) -> None:
-        if run is not None and run.resolve() not in seen and list_snapshots(run):
+        if run is not None and run.resolve() not in seen and snapshots(run):
             seen.add(run.resolve())
             out.append(Source(run.name, label, run))
 
     bundled = bundled_path()
     b_run = run_of(bundled) if bundled is not None else None
-    add(b_run, f"bundled · {b_run.name}" if b_run else "")
     cur = run_of(current_ref)
+    if cur is not None and b_run is not None and cur.resolve() == b_run.resolve():
+        cur = None  # the bundled run is the current one: listed first below, as the bundled run
     add(cur, f"{cur.name} (current model)" if cur else "")
+    add(b_run, f"bundled · {b_run.name}" if b_run else "")
     for s in sources():
-        add(run_of(s.path), s.key)
+        try:
+            add(run_of(s.path), s.key)
+        except UNREADABLE:
+            continue
     return out
 
 

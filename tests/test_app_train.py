@@ -219,3 +219,81 @@ def test_read_only_run_offers_no_resume_or_delete(root: Path) -> None:
     at.selectbox(key="_tr_selected").set_value("tiny-run")  # an ordinary run still offers both
     at.run()
     assert {"_tr_resume", "_tr_delete"} <= {b.key for b in at.button}
+
+
+# -- a bad file in a run folder, a full disk -----------------------------------------------------------
+def page_files() -> list[str]:
+    """Every page the app lists (app/main.py PAGES whose file exists)."""
+    from app.main import HERE, PAGES  # noqa: PLC0415  (importing main runs no page)
+    return [f for f, *_ in PAGES if (HERE / f).is_file()]
+
+
+def test_every_page_survives_corrupted_runs(root: Path) -> None:
+    """One run folder per corruption of tests/test_runfolder.py (status.json a list or a string,
+    config.json [1], "train": "x", pid "abc", 2**40 or -1, updated_ts "soon", iter "abc", a latest/
+    meta that is a list, ...): every page renders without an exception, the runs table lists each
+    unreadable run with its reason, and one can be selected and deleted from the page."""
+    import shutil
+
+    from tests.test_runfolder import CORRUPTIONS, corrupt
+
+    for case in CORRUPTIONS:
+        shutil.copytree(root / "tiny-run", root / f"bad-{case}")
+        corrupt(root / f"bad-{case}", case)
+    future = time.time() + 3600  # the intact run stays the newest: the default model every page loads
+    os.utime(root / "tiny-run" / "status.json", (future, future))
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    for f in page_files():
+        at.switch_page(f)
+        at.run()
+        assert not at.exception, (f, at.exception)
+    at.switch_page("screens/train.py")
+    at.run()
+    table = at.dataframe[0].value.set_index("run")
+    assert len(table) == len(CORRUPTIONS) + 1
+    assert table.loc["bad-status-list", "state"] == "unreadable: status.json holds a list, not a JSON object"
+    assert table.loc["bad-pid-minus-one", "state"].startswith("unreadable: status.json: its pid is -1")
+    for case in CORRUPTIONS:  # each one's panel and actions
+        at.selectbox(key="_tr_selected").set_value(f"bad-{case}")
+        at.run()
+        assert not at.exception, (case, at.exception)
+    at.selectbox(key="_tr_selected").set_value("bad-status-list")
+    at.run()
+    assert any("unreadable: status.json holds a list" in e.value for e in at.error)
+    at.button(key="_tr_delete").click()
+    at.run()
+    at.button(key="_tr_delete_yes").click()
+    at.run()
+    assert not at.exception and not (root / "bad-status-list").exists()
+    assert any("Deleted bad-status-list" in s.value for s in at.success)
+
+
+def test_pages_never_write_a_run_folder_on_a_full_disk(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose trainer died while "running", on a disk where nothing can be written: Train,
+    Model and Timeline render (they once tried to write "interrupted" and showed ENOSPC), the run
+    reads as interrupted, and its status.json is left as it was."""
+    import errno
+    import tempfile
+
+    run = root / "tiny-run"
+    runs.write_json_atomic(run / "status.json", {"state": "running", "pid": 1, "iter": 20, "max_iters": 30,
+                                                 "updated_ts": 1.0})
+    before = (run / "status.json").read_bytes()
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    monkeypatch.setattr(os, "replace", full)
+    at.run()
+    for f in ("screens/train.py", "screens/model.py", "screens/timeline.py"):
+        at.switch_page(f)
+        at.run()
+        assert not at.exception, (f, at.exception)
+    at.switch_page("screens/train.py")
+    at.run()
+    assert list(at.dataframe[0].value["state"]) == ["interrupted"]
+    assert (run / "status.json").read_bytes() == before

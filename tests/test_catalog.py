@@ -64,6 +64,7 @@ def test_a_bundled_run_is_listed_once(root: Path, monkeypatch: pytest.MonkeyPatc
     keys = [s.key for s in catalog.sources()]
     assert keys == [catalog.BUNDLED_SOURCE]  # not again as a run
     assert [s.path for s in catalog.timeline_runs(str(run))] == [run]
+    assert catalog.timeline_runs(str(run))[0].label == "bundled · tiny-run"  # current, and still "bundled"
 
 
 def test_run_entries_latest_best_and_snapshots(root: Path, tiny_checkpoint) -> None:
@@ -101,7 +102,7 @@ def test_interrupted_run_keeps_its_checkpoints(root: Path) -> None:
     assert catalog.default_ref() == str(run)
 
 
-def test_newest_run_is_the_default_and_timeline_order(root: Path) -> None:
+def test_newest_run_is_the_default_and_timeline_order(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     old, new = root / "tiny-run", root / "newer-run"
     shutil.copytree(old, new)
     (new / "status.json").write_text(json.dumps({"state": "finished", "updated_ts": 4e9}))
@@ -111,6 +112,10 @@ def test_newest_run_is_the_default_and_timeline_order(root: Path) -> None:
     order = [s.path for s in catalog.timeline_runs(str(snapshot_dir(old, 10)))]
     assert order == [old, new]
     assert catalog.timeline_runs(str(old))[0].label == "tiny-run (current model)"
+    # with a bundled model too, the current model's run still comes first (issue 12, point 18)
+    monkeypatch.setenv("NANOLENS_BUNDLED", str(best_dir(new)))
+    assert [(s.path, s.label) for s in catalog.timeline_runs(str(old))] == [
+        (old, "tiny-run (current model)"), (new, "bundled · newer-run")]
 
 
 def test_a_run_without_snapshots_is_not_on_the_timeline(root: Path) -> None:
@@ -124,3 +129,25 @@ def test_has_checkpoint(root: Path, tmp_path: Path) -> None:
     assert not catalog.has_checkpoint(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     assert not catalog.has_checkpoint(tmp_path / "empty")
+
+
+def test_corrupted_runs_list_no_checkpoints_and_hide_nothing(root: Path, tiny_checkpoint) -> None:
+    """A run folder holding anything (the corruptions of tests/test_runfolder.py, and a latest/
+    config.json nested too deep for json) neither raises here nor hides the intact run."""
+    from tests.test_runfolder import CORRUPTIONS, corrupt
+
+    for case in CORRUPTIONS:
+        shutil.copytree(root / "tiny-run", root / f"bad-{case}")
+        corrupt(root / f"bad-{case}", case)
+    deep = root / "bad-deep"
+    shutil.copytree(root / "tiny-run", deep)
+    (deep / "latest" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    (deep / "snapshots" / "iter_0000010" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    keys = {s.key for s in catalog.sources()}
+    assert keys == {"tiny-run", "bad-deep"} | {f"bad-{c}" for c in CORRUPTIONS}
+    labels = {e.label for e in catalog.entries()}
+    assert {"tiny-run · latest", "tiny-run · best", "tiny-run · iter 30"} <= labels
+    assert "bad-deep · latest" not in labels and "bad-deep · iter 30" in labels
+    assert [s.path for s in catalog.timeline_runs(str(root / "tiny-run"))][0] == root / "tiny-run"
+    assert catalog.checkpoints("bad-deep")[0].which == "best"
+    assert catalog.default_ref() is not None

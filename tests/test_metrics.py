@@ -79,3 +79,18 @@ def test_bad_lines_and_values_are_skipped_and_copies_are_independent(tmp_path: P
     runs.append_jsonl(path, _row(3))
     assert list(got.series["train"][0]) == [2.0]  # an earlier result does not change under us
     assert list(tail.update().series["train"][0]) == [2.0, 3.0]
+
+
+def test_values_no_float_can_hold_are_skipped_not_raised(tmp_path: Path) -> None:
+    """A hand-edited metrics.jsonl: an integer of 400 digits is valid JSON that float() refuses
+    (OverflowError took the Train page down), and a bool is not an iteration."""
+    big = "1" + "0" * 400
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(f'{{"iter": {big}, "train_loss": 1.0}}\n{{"iter": true, "train_loss": 1.0}}\n'
+                    f'{{"iter": 4, "train_loss": {big}, "val_loss": 2.0, "tokens_per_s": {big}}}\n'
+                    + "[" * 100_000 + "\n", encoding="utf-8")
+    got = MetricsTail(tmp_path).update()
+    assert got.rows == 1 and list(got.series["val"][0]) == [4.0] and len(got.series["train"][0]) == 0
+    assert got.last_tokens_per_s is None
+    assert loss_series(runs.read_metrics(tmp_path)) == {"train": ([], []), "val": ([4.0], [2.0]),
+                                                        "train (eval)": ([], [])}

@@ -162,9 +162,12 @@ def test_reattach_marks_dead_process_interrupted(root):
     p.wait()  # a pid that is gone
     runs.write_json_atomic(d / "status.json", {"state": "running", "pid": p.pid, "iter": 7,
                                                "max_iters": 10, "updated_ts": time.time()})
+    (d / runs.STOP_FILE).write_text("stale")
+    before = (d / "status.json").read_bytes()
     st = runs.status("ghost", root)
     assert st["state"] == "interrupted" and "iter 7" in st["message"]
-    assert runs.read_json(d / "status.json")["state"] == "interrupted"
+    # reading never writes: the next writer (resume) records it
+    assert (d / "status.json").read_bytes() == before and (d / runs.STOP_FILE).exists()
     assert [r["state"] for r in runs.list_runs(root)] == ["interrupted"]
     with pytest.raises(ValueError, match="no latest/ checkpoint"):
         runs.resume("ghost", root=root)
@@ -207,7 +210,7 @@ def test_recover_latest_after_kill_between_renames(root):
     assert ckpt.load(d)[2]["iter"] == 4  # load already falls back (best/ is at iter 4 too)
     runs.recover_latest(d)
     assert ckpt.load(d / "latest")[2]["iter"] == 4
-    assert [p.name for p in d.rglob(".*")] == []
+    assert [p.name for p in d.rglob(".*")] == [".lock"]  # the lock file stays (never deleted)
     name = runs.resume("r", max_iters=6, root=root)
     st = wait_for(lambda: done(name, root))
     assert st["state"] == "finished" and st["iter"] == 6

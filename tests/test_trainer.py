@@ -1,8 +1,8 @@
 """trainers.trainer and the CLI's checks, in process: schedule, reproducibility, run folder,
-stop/resume with optimizer state, divergence, disk-full, and configs refused before anything starts."""
+stop/resume with optimizer state, divergence, configs refused before anything starts (names, threads,
+heads), and durations on a monotonic clock. A full disk is tests/test_disk_full.py's."""
 from __future__ import annotations
 
-import errno
 import json
 import math
 import subprocess
@@ -18,7 +18,7 @@ from gpt.model import GPT
 from trainers import runs
 from trainers.config import PRESETS, TrainConfig, check_config
 from trainers.trainer import Callbacks, Trainer, get_lr, is_snapshot_iter
-from trainers.train import main
+from trainers.train import build_parser, main, make_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,24 +147,6 @@ def test_nan_loss_fails_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(math.isfinite(v) for r in runs.read_metrics(tmp_path / "n") for v in r.values())
 
 
-def test_disk_full_marks_failed_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
-    orig, n = ckpt.save, {"calls": 0}
-
-    def save(path, *a, **k):
-        n["calls"] += 1
-        if Path(path).name == "latest" and n["calls"] > 3:  # 0: latest, best, snapshot; then full
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return orig(path, *a, **k)
-
-    monkeypatch.setattr(ckpt, "save", save)
-    with pytest.raises(OSError, match="No space left"):
-        Trainer(cfg_for(tmp_path, "full"), callbacks=Callbacks(on_message=lambda m: None)).fit()
-    st = runs.status("full", tmp_path)
-    assert st["state"] == "failed" and "No space left on device" in st["message"]
-    monkeypatch.setattr(ckpt, "save", orig)
-    assert ckpt.load(tmp_path / "full")[2]["iter"] == 0
-
-
 @pytest.mark.parametrize("kw, match", [
     (dict(n_embd=100, n_head=3), "divisible by n_head"),
     (dict(n_layer=0), "n_layer must be positive"),
@@ -176,6 +158,10 @@ def test_disk_full_marks_failed_and_keeps_earlier_checkpoints(tmp_path, monkeypa
     (dict(name="a/b"), "must not contain"),
     (dict(name=".."), "must not contain"),
     (dict(name=""), "empty"),
+    (dict(name="abc\n"), "no spaces or line breaks"),  # a regex "$" matched before the final newline
+    (dict(name="é" * 65), "is 130 bytes long; use at most 128 bytes"),  # 65 characters, 130 bytes
+    (dict(threads=0), "--threads must be a whole number >= 1, got 0; leave it out for the default"),
+    (dict(threads=-1), "--threads must be a whole number >= 1, got -1"),
 ])
 def test_invalid_config_refused_before_anything(tmp_path, kw, match):
     cfg = cfg_for(tmp_path, "x")
@@ -254,3 +240,72 @@ def test_cli_run_trains_the_folders_config_json(tmp_path, capsys, monkeypatch):
     assert main(["--run", str(d), "--resume", "--max-iters", "9"]) == 0
     assert ckpt.load(d)[2]["iter"] == 9
     assert json.loads((d / "config.json").read_text())["train"]["max_iters"] == 9
+
+
+def test_head_refusal_suggests_values_people_pick(tmp_path):
+    """n_head 3 with n_embd 64 once suggested "n_embd=63"; now the nearest head counts that divide
+    n_embd, and widths that give each head a power-of-two size."""
+    with pytest.raises(ValueError) as e:
+        check_config(cfg_for(tmp_path, "h", n_embd=64, n_head=3))
+    msg = str(e.value)
+    assert "must be divisible by n_head (3)" in msg and "63" not in msg
+    assert "try n_head 4 or 2 with n_embd 64, or n_embd 48 or 96 with n_head 3" in msg
+    with pytest.raises(ValueError, match="try n_head 6 or 4 with n_embd 384, or n_embd 320 or 640 with n_head 5"):
+        check_config(cfg_for(tmp_path, "h", n_embd=384, n_head=5))
+    for n_embd, n_head in ((64, 4), (96, 3), (48, 3), (384, 6)):  # what it suggests is accepted
+        check_config(cfg_for(tmp_path, "h", n_embd=n_embd, n_head=n_head))
+
+
+def test_cli_threads(tmp_path, capsys, monkeypatch):
+    """--threads -1 and 0 are refused with a plain message (0 is not "the default": leaving the
+    flag out is); more threads than cores are capped, with a warning, unless --force-threads."""
+    from tqdm import tqdm
+
+    from trainers.config import cap_threads, cpu_cores
+    monkeypatch.setattr(tqdm, "monitor_interval", 0)
+    base = ["--root", str(tmp_path), "--data", "python-docs", "--device", "cpu"]
+    for bad in ("-1", "0"):
+        assert main(base + ["--threads", bad]) == 2
+        assert f"error: --threads must be a whole number >= 1, got {bad}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    cores = cpu_cores()
+    try:
+        assert main(base + ["--threads", "1000", "--name", "many", "--max-iters", "1", "--eval-iters", "1"]) == 0
+    finally:
+        torch.set_num_threads(1)
+    out = capsys.readouterr()
+    assert f"warning: --threads 1000 is more than this machine's {cores} cores; using {cores}" in out.err
+    assert "pass --force-threads to use 1000 anyway" in out.err
+    assert f"device: cpu, {cores} thread" in out.out
+    assert json.loads((tmp_path / "many" / "config.json").read_text())["train"]["threads"] == cores
+    assert cap_threads(1000, world_size=2)[0] == max(1, cores // 2)
+    assert cap_threads(cores) == (cores, None)
+    args = build_parser().parse_args(base + ["--threads", "1000", "--force-threads"])
+    assert args.force_threads and make_config(args, 1, 0).threads == 1000  # (kept: main skips the cap)
+
+
+def test_durations_survive_a_clock_jump_back(tmp_path, monkeypatch):
+    """The wall clock jumps back 3 hours during the run (an NTP step, a suspended laptop). Durations
+    come from a monotonic clock, so no elapsed time goes negative and no tokens/s goes absurd
+    (time.time() once logged tokens_per_s = 1.28e13 and kept a negative elapsed_s in meta)."""
+    import time as time_mod
+
+    real, after = time_mod.time, {"logs": 0, "calls": 0}
+
+    def wall() -> float:  # from the 4th reading after the 2nd log row on: 3 hours earlier (mid-step)
+        if after["logs"] >= 2:
+            after["calls"] += 1
+        return real() - (3 * 3600 if after["calls"] >= 4 else 0)
+
+    def on_log(_row) -> None:
+        after["logs"] += 1
+
+    monkeypatch.setattr(time_mod, "time", wall)
+    st = Trainer(cfg_for(tmp_path, "jump"), callbacks=Callbacks(on_log=on_log, on_message=lambda m: None)).fit()
+    monkeypatch.setattr(time_mod, "time", real)
+    assert st["state"] == "finished" and after["calls"] >= 4  # the clock did jump, mid-run
+    rows = [r for r in runs.read_metrics(tmp_path / "jump") if "train_loss" in r]
+    elapsed = [r["elapsed_s"] for r in rows]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+    assert all(0 < r["tokens_per_s"] < 1e8 for r in rows), [r["tokens_per_s"] for r in rows]
+    assert 0 <= ckpt.load(tmp_path / "jump")[2]["elapsed_s"] < 3600

@@ -151,3 +151,21 @@ def test_is_within(tmp_path) -> None:
     run = tmp_path / "run"
     assert tv.is_within(str(run), run) and tv.is_within(str(run / "snapshots" / "iter_0000010"), run)
     assert not tv.is_within(str(tmp_path / "runner"), run) and not tv.is_within(None, run)
+
+
+def test_views_take_whatever_a_run_folder_held() -> None:
+    """list_runs checks status.json, but these views are pure and may be handed anything: a value
+    of the wrong type shows as "—" (or 0) rather than failing, and an unreadable run says why."""
+    junk = {"name": "j", "state": "running", "iter": "abc", "max_iters": [1], "val_loss": "low",
+            "best_val_loss": True, "updated_ts": "soon", "tokens_per_s": "fast", "eta_s": {}, "preset": 3}
+    assert tv.run_rows([junk], now=10.0)[0] == {"run": "j", "state": "running", "iter": "— / —", "val loss": None,
+                                                "preset": "3", "data": "—", "updated": "—"}
+    prog = tv.progress(junk, logged_tokens_per_s=5.0)
+    assert (prog.iter, prog.max_iters, prog.fraction, prog.tokens_per_s, prog.eta_s) == (0, 0, 0.0, 5.0, None)
+    assert tv.resume_args(junk) == {"min_value": 1, "value": 2}
+    assert tv.resume_args({"iter": True, "max_iters": -5}) == {"min_value": 1, "value": 2}
+    bad = {"name": "u", "state": "unreadable", "message": "unreadable: status.json holds a list, not a JSON "
+                                                           "object; delete the run, or resume it to rewrite its status"}
+    assert tv.run_rows([bad])[0]["state"] == "unreadable: status.json holds a list, not a JSON object"
+    assert tv.status_note(bad) == ("error", bad["message"])
+    assert tv.status_note({"state": "failed", "message": ["not", "text"]}) is None

@@ -177,19 +177,25 @@ def is_snapshot_iter(it: int) -> bool:
 
 
 # -- checks ---------------------------------------------------------------------------------------
-_NAME_OK = re.compile(r"^[\w][\w.+=@-]*$")
+_NAME_OK = re.compile(r"[\w][\w.+=@-]*")  # fullmatch: "$" would let a final newline through
+NAME_MAX_BYTES = 128  # a folder name may have 255 bytes; a run name keeps paths readable
 
 
 def validate_run_name(name: str | None) -> str:
-    """Return `name` if it is a safe single folder name, else ValueError saying what to use."""
-    if name is None or not str(name).strip():
+    """Return `name` if it is a safe single folder name, else ValueError saying what to use.
+    Its length is counted in UTF-8 bytes, as the filesystem counts it."""
+    if not isinstance(name, str) or not name.strip():
         raise ValueError("the run name is empty; pass --name with letters, digits, '-', '_' or '.'")
     if "/" in name or "\\" in name or ".." in name:
         raise ValueError(f"run name {name!r} must not contain '/', '\\' or '..'; it names one "
                          "folder under the checkpoints root")
-    if len(name) > 128 or not _NAME_OK.match(name):
-        raise ValueError(f"run name {name!r} is not allowed; use up to 128 letters, digits, "
-                         "'-', '_', '.', '+', '=', '@', starting with a letter or digit")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > NAME_MAX_BYTES:
+        raise ValueError(f"run name {name[:40]!r}... is {size} bytes long; use at most {NAME_MAX_BYTES} "
+                         "bytes (a letter outside ASCII takes 2 to 4)")
+    if not _NAME_OK.fullmatch(name):
+        raise ValueError(f"run name {name!r} is not allowed; use letters, digits, '-', '_', '.', "
+                         "'+', '=', '@' (no spaces or line breaks), starting with a letter or digit")
     return name
 
 
@@ -204,6 +210,39 @@ def cpu_cores() -> int:
 def default_threads(world_size: int = 1) -> int:
     """CPU threads for a run: all cores but one (left to the UI), split over DDP processes."""
     return max(1, (cpu_cores() - 1) // max(1, world_size))
+
+
+def cap_threads(threads: Any, world_size: int = 1) -> tuple[Any, str | None]:
+    """(the threads to use, a warning or None). More threads than the cores (shared by the DDP
+    processes) only make them wait on each other: --threads 1000 on 2 cores trained 28x slower.
+    So they are capped at the core count; the CLI's --force-threads skips this. Anything that is
+    not a count above the cap is returned as is, for check_config to judge."""
+    cores = cpu_cores()
+    limit = max(1, cores // max(1, world_size))
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads <= limit:
+        return threads, None
+    each = f" for each of {world_size} processes" if world_size > 1 else ""
+    return limit, (f"--threads {threads} is more than this machine's {cores} cores{each}; using "
+                   f"{limit} (more threads than cores slow training down; pass --force-threads to "
+                   f"use {threads} anyway)")
+
+
+def head_suggestion(n_embd: int, n_head: int) -> str:
+    """What to try when n_embd is not divisible by n_head: the nearest head counts that divide
+    n_embd, and the nearest widths that give each of n_head heads a power-of-two size (what
+    people pick: n_head 4 for n_embd 64, n_embd 96 for n_head 3). Nearest first."""
+    divisors = {d for i in range(1, math.isqrt(n_embd) + 1) if n_embd % i == 0 for d in (i, n_embd // i)}
+    heads = [max((d for d in divisors if d < n_head), default=None),
+             min((d for d in divisors if d > n_head), default=None)]
+    low = n_head * 2 ** max(0, (n_embd // n_head).bit_length() - 1)  # largest n_head * 2^k <= n_embd
+    widths = [low if low < n_embd else None, low * 2 if low < n_embd else low]
+
+    def near(xs: list[int | None], target: int) -> str:
+        xs = sorted({x for x in xs if x}, key=lambda x: (abs(x - target), -x))
+        return " or ".join(str(x) for x in xs)
+
+    return (f"try n_head {near(heads, n_head)} with n_embd {n_embd}, or n_embd "
+            f"{near(widths, n_embd)} with n_head {n_head}")
 
 
 def vocab_bound(cfg: TrainConfig) -> int:
@@ -269,8 +308,10 @@ def check_config(cfg: TrainConfig, vocab_size: int | None = None, device: str | 
         raise ValueError(f"--beta1/--beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
     if cfg.tokenizer not in TOKENIZERS:
         raise ValueError(f"unknown --tokenizer {cfg.tokenizer!r}; choose one of {TOKENIZERS}")
-    if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
-        raise ValueError(f"--threads must be >= 1, got {cfg.threads!r}")
+    if cfg.threads is not None and (isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int)
+                                    or cfg.threads < 1):
+        raise ValueError(f"--threads must be a whole number >= 1, got {cfg.threads!r}; leave it out "
+                         "for the default (all cores but one)")
     if cfg.grad_accum % world_size != 0:
         raise ValueError(f"--grad-accum ({cfg.grad_accum}) must be a multiple of the number of "
                          f"processes ({world_size}); try --grad-accum {world_size}")
@@ -278,6 +319,13 @@ def check_config(cfg: TrainConfig, vocab_size: int | None = None, device: str | 
         validate_run_name(cfg.name)
     if vocab_size is None:
         vocab_size = vocab_bound(cfg)
+    if cfg.preset in PRESETS:  # (an unknown preset is model_config's to refuse)
+        base = GPTConfig.preset(cfg.preset)
+        e = base.n_embd if cfg.n_embd is None else cfg.n_embd
+        h = base.n_head if cfg.n_head is None else cfg.n_head
+        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (e, h)) and e % h:
+            raise ValueError(f"invalid model settings: n_embd ({e}) must be divisible by n_head ({h}), "
+                             f"since each head gets n_embd / n_head dimensions; {head_suggestion(e, h)}")
     try:
         mcfg = cfg.model_config(vocab_size)
     except (ValueError, TypeError) as e:

@@ -72,21 +72,33 @@ class MetricsTail:
     def _add(self, line: bytes) -> None:
         try:
             row: dict[str, Any] = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
-        it = row.get("iter") if isinstance(row, dict) else None
-        if not isinstance(it, (int, float)):
+        it = _finite(row.get("iter")) if isinstance(row, dict) else None
+        if it is None:
             return
         self.rows += 1
         for name, key in SERIES.items():
-            v = row.get(key)
-            if isinstance(v, (int, float)) and math.isfinite(v):
+            v = _finite(row.get(key))
+            if v is not None:
                 xs, ys = self.series[name]
-                xs.append(float(it))
-                ys.append(float(v))
-        tps = row.get("tokens_per_s")
-        if isinstance(tps, (int, float)) and tps > 0:
-            self.last_tokens_per_s = float(tps)
+                xs.append(it)
+                ys.append(v)
+        tps = _finite(row.get("tokens_per_s"))
+        if tps is not None and tps > 0:
+            self.last_tokens_per_s = tps
+
+
+def _finite(v: Any) -> float | None:
+    """v as a float when it is a finite number (not a bool: a hand-edited file may hold anything,
+    and an integer of 400 digits is valid JSON that float() cannot take), else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def loss_series(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
@@ -95,9 +107,10 @@ def loss_series(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list
     incremental reading must agree with (the live page reads through MetricsTail)."""
     out: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in SERIES}
     for r in rows:
+        it = _finite(r.get("iter"))
         for series, key in SERIES.items():
-            v = r.get(key)
-            if isinstance(v, (int, float)) and math.isfinite(v) and r.get("iter") is not None:
-                out[series][0].append(r["iter"])
-                out[series][1].append(float(v))
+            v = _finite(r.get(key))
+            if v is not None and it is not None:
+                out[series][0].append(it)
+                out[series][1].append(v)
     return out

@@ -3,181 +3,96 @@
 A run is a folder <root>/<name>/ holding config.json, metrics.jsonl, status.json, train.log and
 checkpoints (latest/, best/, snapshots/). A background run is a detached
 `python -m trainers.train` process (its own session), so it outlives the app that started it;
-the app re-attaches by reading status.json, and a run whose process is gone is marked
-"interrupted" and can be resumed. Nothing here imports torch's training code or Streamlit.
+the app re-attaches by reading status.json. One process writes a run folder: it holds the
+folder's lock (trainers.runfolder.RunLock) for its whole life, and start and resume take that
+lock before they write anything, then hand it to the child they launch. A run whose state is
+live but whose lock is free (or, for a folder without a lock, whose process is gone) is shown as
+"interrupted" and can be resumed; reading never writes that down (the next writer does).
+The folder's files are read and written through trainers.runfolder, the lock is trainers.runlock.
+Nothing here imports torch's
+training code or Streamlit.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gpt.checkpoint import CONFIG, LATEST, SNAPSHOTS, WEIGHTS, checkpoints_root, latest_dir
+from gpt.checkpoint import LATEST, checkpoints_root, latest_dir
 from trainers.config import (PRESETS, RUN_CONFIG_FILE, TrainConfig, check_config, default_threads,
                              validate_run_name)
+from trainers.runfolder import (LIVE_STATES, STATES, STOP_FILE, append_jsonl, clean_leftovers, get_dict,
+                                is_count, is_number, latest_iter, load_json, pid_alive, read_json,
+                                read_metrics, read_status, unreadable, write_json_atomic)
+from trainers.runlock import LOCK_ENV, RunBusy, RunLock, lock_held
+from trainers.runfolder import now as _now
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LIVE_STATES = ("starting", "running", "stopping")
-STATES = LIVE_STATES + ("stopped", "finished", "failed", "interrupted")
-STOP_FILE = "STOP"
-START_GRACE_S = 120.0  # a "starting" status with no pid yet is abandoned after this long
 
 
-# -- run folder I/O (shared with the trainer) -----------------------------------------------------
 def run_path(name: str, root: str | os.PathLike | None = None) -> Path:
     """<root>/<name> for a validated name; root defaults to gpt.checkpoint.checkpoints_root()."""
     base = Path(root).expanduser() if root else checkpoints_root()
     return base / validate_run_name(name)
 
 
-def _clean(obj: Any) -> Any:
-    """NaN/inf -> None so every line is strict JSON (browsers reject NaN)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
+def recover_latest(run_dir: str | os.PathLike) -> list[str]:
+    """Put a run folder right after a kill -9 inside a checkpoint write (call only when no process
+    is writing it). gpt.checkpoint.recover does the work: for latest/, best/ and each snapshot,
+    the newest complete copy (a save killed between its two renames leaves it hidden, as
+    .<name>.tmp-*/.<name>.old-*) goes back in place, and nothing complete is deleted unless a
+    copy at least as new is in place. Returns one line per folder it restored."""
+    from gpt.checkpoint import recover  # (the module's import lines belong to another change)
+
+    return recover(run_dir)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Replace `path` with `obj` as JSON: written to a temp file beside it, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from other readers
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_clean(obj), f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The JSON object at `path`, or None when it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
-    """Append one JSON line and flush it, so readers see it while the run goes."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(_clean(row), allow_nan=False) + "\n")
-        f.flush()
-
-
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of <run>/metrics.jsonl; a half-written last line (the writer mid-flush) is skipped."""
-    try:
-        lines = Path(run_dir, "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
-
-
-def latest_iter(run_dir: str | os.PathLike) -> int | None:
-    """The iteration the run's latest/ checkpoint was saved at; None when it has none (yet)."""
-    it = ((read_json(latest_dir(run_dir) / CONFIG) or {}).get("meta") or {}).get("iter")
-    return int(it) if isinstance(it, (int, float)) else None
-
-
-def recover_latest(run_dir: str | os.PathLike) -> None:
-    """Tidy a run folder after a kill -9 during a checkpoint write (call only when no process
-    is writing it). gpt.checkpoint.save swaps folders with two renames; a kill between them
-    leaves no latest/ but a complete hidden copy (.latest.tmp-*/.latest.old-*): put the newest
-    complete one back, then delete the hidden leftovers of any interrupted save."""
-    d = Path(run_dir)
-    hidden = [p for p in [*d.glob(".*.tmp-*"), *d.glob(".*.old-*"),
-                          *d.glob(f"{SNAPSHOTS}/.*.tmp-*"), *d.glob(f"{SNAPSHOTS}/.*.old-*")] if p.is_dir()]
-    latest = latest_dir(d)
-    if not latest.is_dir():
-        complete = []
-        for p in hidden:
-            info = read_json(p / CONFIG) if p.name.startswith(f".{LATEST}.") else None
-            if info and (p / WEIGHTS).is_file():
-                complete.append((int((info.get("meta") or {}).get("iter", -1)), p))
-        if complete:
-            os.rename(max(complete)[1], latest)
-    for p in hidden:
-        if p.exists():
-            shutil.rmtree(p, ignore_errors=True)
-
-
-# -- liveness -------------------------------------------------------------------------------------
-def pid_alive(pid: int | None) -> bool:
-    """True while `pid` is a running (not zombie) trainer process."""
-    if not pid:
-        return False
-    try:  # reap it if it is our own exited child, so it does not linger as a zombie
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except (ChildProcessError, OSError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            stat = (proc / "stat").read_text()
-            if stat[stat.rindex(")") + 2:].startswith("Z"):
-                return False
-            cmdline = (proc / "cmdline").read_bytes()
-            if cmdline and b"trainers" not in cmdline:
-                return False  # the pid was reused by an unrelated process
-        except OSError:
-            return False
-    return True
-
-
+# -- reading runs ---------------------------------------------------------------------------------
 def status(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
-    """status.json of a run, with name and path added. A live state whose process is gone is
-    rewritten as "interrupted" (resumable from its latest checkpoint)."""
+    """status.json of a run, checked field by field, with name and path added. Reading never
+    writes: a live state whose process is gone reads as "interrupted" (resumable from its latest
+    checkpoint), and a status.json that cannot be trusted as state "unreadable" with message
+    "unreadable: <reason>" (not live: it can be deleted or resumed). FileNotFoundError: no run."""
     d = run_path(name, root)
     if not d.is_dir():
         raise FileNotFoundError(f"no run named {name!r} in {d.parent}")
-    st = read_json(d / "status.json") or {"state": "unknown"}
-    if st.get("state") in LIVE_STATES:
-        pid = st.get("pid")
-        waiting = pid is None and time.time() - float(st.get("updated_ts", 0)) < START_GRACE_S
-        if not waiting and not pid_alive(pid):
-            st.update(state="interrupted", updated_at=_now(), updated_ts=time.time(),
-                      message=f"the training process ({pid}) is gone (killed or crashed) at iter "
-                              f"{st.get('iter', 0)}; resume to continue from the latest checkpoint")
-            write_json_atomic(d / "status.json", st)
-            (d / STOP_FILE).unlink(missing_ok=True)
-        elif st["state"] == "running" and (d / STOP_FILE).exists():
-            st.update(state="stopping", message="stop requested")  # until the trainer notices
-    return dict(st, name=name, path=str(d))
+    return dict(read_status(d, lock_held(d)), name=name, path=str(d))
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+def _listed(d: Path) -> dict[str, Any]:
+    """One list_runs row: status() plus what config.json says, each value checked."""
+    st = dict(read_status(d, lock_held(d)), name=d.name, path=str(d))
+    try:
+        cfg = load_json(d / RUN_CONFIG_FILE)
+    except FileNotFoundError:
+        cfg = {}
+    except ValueError as e:
+        cfg = {}
+        if st["state"] == "unknown":  # nothing else in the folder says what it is
+            st.update(unreadable(str(e)))
+    train = get_dict(cfg, "train")
+    text = lambda v: v if isinstance(v, str) else None  # noqa: E731
+    st.setdefault("iter", None)
+    if st.get("max_iters") is None and is_count(train.get("max_iters")):
+        st["max_iters"] = train["max_iters"]
+    st.setdefault("val_loss", None)
+    st.update(preset=text(train.get("preset")), data=text(get_dict(cfg, "data").get("name")),
+              tokenizer=text(train.get("tokenizer")))
+    if not is_number(st.get("updated_ts")):
+        st["updated_ts"] = d.stat().st_mtime
+    return st
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Every run under root, newest first: status fields plus name, path, preset, data, val_loss."""
+    """Every run under root, newest first: status() fields plus name, path, preset, data,
+    tokenizer, max_iters and val_loss. A run folder that cannot be read is listed with state
+    "unreadable" and the reason in its message; it never hides the others or raises. OSError
+    only when the root itself cannot be listed."""
     root = Path(root).expanduser() if root else checkpoints_root()
     if not root.is_dir():
         return []
@@ -185,21 +100,18 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     for d in root.iterdir():
         if not d.is_dir() or d.name.startswith("."):
             continue
+        try:
+            validate_run_name(d.name)
+        except ValueError:  # a folder whose name is not a valid run name
+            continue
         if not any((d / f).exists() for f in ("status.json", RUN_CONFIG_FILE, LATEST)):
             continue
         try:
-            st = status(d.name, root)
-        except ValueError:  # a folder whose name is not a valid run name
-            continue
-        cfg = read_json(d / RUN_CONFIG_FILE) or {}
-        train = cfg.get("train") or {}
-        st.setdefault("iter", None)
-        st.setdefault("max_iters", train.get("max_iters"))
-        st.setdefault("val_loss", None)
-        st.update(preset=train.get("preset"), data=(cfg.get("data") or {}).get("name"),
-                  tokenizer=train.get("tokenizer"))
-        st.setdefault("updated_ts", d.stat().st_mtime)
-        out.append(st)
+            out.append(_listed(d))
+        except OSError as e:  # deleted while we looked (then skip it), or not readable
+            if d.is_dir():
+                out.append(dict(unreadable(f"the folder cannot be read ({e.strerror or e})"),
+                                name=d.name, path=str(d), updated_ts=0.0))
     return sorted(out, key=lambda r: r.get("updated_ts") or 0, reverse=True)
 
 
@@ -222,15 +134,16 @@ def to_argv(cfg: TrainConfig) -> list[str]:
     return argv
 
 
-def _spawn(run_dir: Path, threads: int, resume: bool = False) -> int:
+def _spawn(run_dir: Path, threads: int, lock: RunLock, resume: bool = False) -> int:
     """`python -m trainers.train --run <run_dir> [--resume]`, detached, logging to train.log: every
-    setting travels in the run's config.json, none on the command line."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads))
+    setting travels in the run's config.json, none on the command line. The child inherits the
+    run's `lock` (same open file, so the lock is never free in between) and adopts it."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), **{LOCK_ENV: str(lock.fd)})
     argv = ["--run", str(run_dir)] + (["--resume"] if resume else [])
     with open(run_dir / "train.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "trainers.train", *argv], cwd=REPO_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, pass_fds=(lock.fd,))
     st = read_json(run_dir / "status.json") or {}
     if st.get("pid") is None:  # the child writes its own pid once it starts; fill it in before
         write_json_atomic(run_dir / "status.json", dict(st, pid=proc.pid))
@@ -248,7 +161,8 @@ def start(config: TrainConfig | dict[str, Any], root: str | os.PathLike | None =
     filled in), launch `python -m trainers.train --run <folder>` in the background; return the name.
 
     `config` is a TrainConfig or a dict of TrainConfig fields ("preset" picks the base preset).
-    Raises ValueError (bad settings, bad or existing name, missing data file) before anything runs.
+    Raises ValueError (bad settings, bad or existing name, missing data file, the folder taken by
+    another process) before anything runs.
     """
     from trainers.data import default_data, read_text_file
 
@@ -262,7 +176,8 @@ def start(config: TrainConfig | dict[str, Any], root: str | os.PathLike | None =
     if cfg.data not in ("shakespeare", "python-docs"):
         read_text_file(cfg.data)  # clear DataError now rather than in train.log
         cfg.data = str(Path(cfg.data).expanduser().resolve())
-    cfg.threads = cfg.threads or default_threads()
+    if cfg.threads is None:
+        cfg.threads = default_threads()
     cfg.root = str(Path(root or cfg.root or checkpoints_root()).expanduser().resolve())
     check_config(cfg)
     Path(cfg.root).mkdir(parents=True, exist_ok=True)
@@ -282,9 +197,13 @@ def start(config: TrainConfig | dict[str, Any], root: str | os.PathLike | None =
             except FileExistsError:
                 continue
     run_dir = Path(cfg.root) / cfg.name
-    write_json_atomic(run_dir / RUN_CONFIG_FILE, {"train": cfg.to_dict(), "created_at": _now()})
-    _starting(run_dir, iter=0, max_iters=cfg.max_iters, threads=cfg.threads)
-    _spawn(run_dir, cfg.threads)
+    lock = RunLock.acquire(run_dir)  # RunBusy: a CLI run of that name took the new folder first
+    try:
+        write_json_atomic(run_dir / RUN_CONFIG_FILE, {"train": cfg.to_dict(), "created_at": _now()})
+        _starting(run_dir, iter=0, max_iters=cfg.max_iters, threads=cfg.threads)
+        _spawn(run_dir, cfg.threads, lock)
+    finally:
+        lock.close()  # the child holds it now
     return cfg.name
 
 
@@ -306,8 +225,8 @@ def stop(name: str, root: str | os.PathLike | None = None, wait: bool = False,
     # Only the request is written here: rewriting status.json could race with the trainer's
     # own final write (and turn a just-finished run back into "stopping").
     (Path(st["path"]) / STOP_FILE).write_text(_now())
-    deadline = time.time() + timeout
-    while wait and time.time() < deadline:
+    deadline = time.monotonic() + timeout
+    while wait and time.monotonic() < deadline:
         st = status(name, root)
         if st["state"] not in LIVE_STATES:
             break
@@ -318,29 +237,41 @@ def stop(name: str, root: str | os.PathLike | None = None, wait: bool = False,
 def resume(name: str, max_iters: int | None = None, root: str | os.PathLike | None = None,
            threads: int | None = None) -> str:
     """Continue a stopped/interrupted/failed/finished run from latest/ (optimizer included):
-    the new max_iters and threads go into its config.json, then `trainers.train --run <folder>
-    --resume` continues it. ValueError when it cannot (live, read-only, nothing to resume, done)."""
+    under the run's lock, tidy what a kill left, write the new max_iters and threads into its
+    config.json, then launch `trainers.train --run <folder> --resume`, handing it the lock.
+    ValueError when it cannot: live (a second Resume of the same run says it is already running),
+    read-only, nothing to resume, already at max_iters."""
     st = status(name, root)
     _refuse_readonly(dict(st, name=name), "resumed")
     if st["state"] in LIVE_STATES:
-        raise ValueError(f"run {name!r} is {st['state']}; stop it before resuming")
+        raise ValueError(f"run {name!r} is already running ({st['state']}); stop it before resuming")
     d = Path(st["path"])
-    recover_latest(d)
-    if not latest_dir(d).is_dir():
-        raise ValueError(f"run {name!r} has no latest/ checkpoint to resume from; start a new run")
-    it = latest_iter(d) or 0
-    rc = read_json(d / RUN_CONFIG_FILE) or {}
-    train = rc.get("train") if isinstance(rc.get("train"), dict) else {}
-    target = max_iters if max_iters is not None else train.get("max_iters", 0)
-    if target <= it:
-        raise ValueError(f"run {name!r} is at iter {it}; pass max_iters > {it} to continue it")
-    threads = threads or train.get("threads") or default_threads()
-    if train:  # (a run without one is refused by the child, with the reason in its status)
-        train.update(max_iters=target, threads=threads)
-        write_json_atomic(d / RUN_CONFIG_FILE, rc)
-    (d / STOP_FILE).unlink(missing_ok=True)
-    _starting(d, iter=it, max_iters=target, threads=threads)
-    _spawn(d, threads, resume=True)
+    try:
+        lock = RunLock.acquire(d)
+    except RunBusy:
+        raise ValueError(f"run {name!r} is already running (resumed or started by another session "
+                         "or process); stop it before resuming") from None
+    try:
+        recover_latest(d)
+        clean_leftovers(d)
+        if not latest_dir(d).is_dir():
+            raise ValueError(f"run {name!r} has no latest/ checkpoint to resume from; start a new run")
+        it = latest_iter(d) or 0
+        rc = read_json(d / RUN_CONFIG_FILE) or {}
+        train = get_dict(rc, "train")
+        target = max_iters if max_iters is not None else train.get("max_iters")
+        if not is_count(target) or target <= it:
+            raise ValueError(f"run {name!r} is at iter {it}; pass max_iters > {it} to continue it")
+        if threads is None:
+            threads = train["threads"] if is_count(train.get("threads"), 1) else default_threads()
+        if train:  # (a run without one is refused by the child, with the reason in its status)
+            train.update(max_iters=target, threads=threads)
+            write_json_atomic(d / RUN_CONFIG_FILE, rc)
+        (d / STOP_FILE).unlink(missing_ok=True)
+        _starting(d, iter=it, max_iters=target, threads=threads)
+        _spawn(d, threads, lock, resume=True)
+    finally:
+        lock.close()  # the child holds it now (or nobody, when we refused)
     return name
 
 
@@ -352,14 +283,23 @@ def _refuse_readonly(st: dict, verb: str) -> None:
 
 
 def delete(name: str, root: str | os.PathLike | None = None) -> None:
-    """Remove a run folder; refused while its process is alive, and for shipped read-only runs."""
+    """Remove a run folder; refused while a process writes it (live, or holding its lock), and
+    for shipped read-only runs. An unreadable run can be deleted."""
     st = status(name, root)
     _refuse_readonly(dict(st, name=name), "deleted")
     if st["state"] in LIVE_STATES:
         raise ValueError(f"run {name!r} is {st['state']}; stop it before deleting it")
-    shutil.rmtree(st["path"])
+    try:
+        lock = RunLock.acquire(st["path"], wait_s=1.0)
+    except RunBusy:
+        raise ValueError(f"run {name!r} is still being written by its process; stop it, or wait "
+                         "for it to end, before deleting it") from None
+    try:
+        shutil.rmtree(st["path"])
+    finally:
+        lock.close()
 
 
 __all__ = ["start", "list_runs", "status", "stop", "resume", "delete", "read_metrics",
-           "latest_iter", "run_path", "pid_alive", "recover_latest", "to_argv",
-           "PRESETS", "STATES", "LIVE_STATES"]
+           "read_json", "write_json_atomic", "append_jsonl", "latest_iter", "run_path", "pid_alive",
+           "recover_latest", "to_argv", "PRESETS", "STATES", "LIVE_STATES", "RunBusy"]

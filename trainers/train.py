@@ -5,6 +5,8 @@ Also under torchrun (`torchrun --nproc_per_node=N -m trainers.train ...`) for DD
 `--run DIR` trains the run folder that trainers.runs.start prepared, with every setting from its
 config.json (no settings on the command line); `--run DIR --resume` continues it.
 SIGTERM/SIGINT (or a <run>/STOP file) stop gracefully: finish the step, save latest/, exit.
+One process writes a run folder: rank 0 holds the folder's lock (trainers.runlock) from before it
+reads a run to resume, or from when a new run is named, to its end; a second writer is refused.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import suppress
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,10 @@ import torch
 
 from gpt.checkpoint import latest_dir
 from trainers import runs
-from trainers.config import (PRESETS, RUN_CONFIG_FILE, TOKENIZERS, TrainConfig, default_threads,
-                             read_run_config, validate_run_name)
+from trainers.config import (PRESETS, RUN_CONFIG_FILE, TOKENIZERS, TrainConfig, cap_threads,
+                             default_threads, read_run_config, validate_run_name)
+from trainers.runfolder import RunWriteError, clean_leftovers
+from trainers.runlock import RunLock
 
 # settings a resumed run may change; everything else is the run's recorded config
 RESUME_OVERRIDABLE = {"name", "root", "max_iters", "threads", "device", "compile", "snapshots",
@@ -73,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grad-clip", type=float, dest="grad_clip", help="clip the gradient norm to this (0: off)")
     a("--seed", type=int, help="random seed; the same seed gives the same losses on CPU")
     a("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
-    a("--threads", type=int, help="CPU threads (default: all cores but one, split over processes)")
+    a("--threads", type=int, help="CPU threads, >= 1 (default: all cores but one, split over processes); "
+      "more than the cores are capped at the core count, with a warning")
+    a("--force-threads", action="store_true", help="use --threads as given, even above the core count")
     a("--compile", action="store_true", default=None, help="torch.compile the model (CUDA mostly)")
     a("--no-cpu-shards", action="store_false", dest="cpu_shards", default=None,
       help="on a CPU with several threads, split each op over them instead of giving each thread "
@@ -107,12 +114,12 @@ def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainCo
         if not args.name:
             raise ValueError("--resume needs --name of the run to continue")
         run_dir = runs.run_path(args.name, args.root)
-        if rank == 0:
-            st = refuse_live(args.name, args.root)
-            if st["state"] != "starting":  # not launched by runs.resume: a stale STOP must go
+        if rank == 0 and run_dir.is_dir():  # (main holds the run's lock: nobody else writes it)
+            st = runs.read_json(run_dir / "status.json") or {}
+            if st.get("state") != "starting":  # not launched by runs.resume: a stale STOP must go
                 (run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-            if run_dir.is_dir():
-                runs.recover_latest(run_dir)
+            runs.recover_latest(run_dir)
+            clean_leftovers(run_dir)
         if not ((run_dir / RUN_CONFIG_FILE).is_file() and latest_dir(run_dir).is_dir()):
             raise ValueError(f"no resumable run {args.name!r} in {run_dir.parent} (no config.json "
                              "or latest/); start it without --resume")
@@ -137,7 +144,8 @@ def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainCo
             raise ValueError(f"a run named {cfg.name!r} already exists in {run_dir.parent}; pick "
                              f"another --name, or continue it with --resume --name {cfg.name}")
         cfg.root = str(run_dir.parent)
-    cfg.threads = cfg.threads or default_threads(world_size)
+    if cfg.threads is None:  # (0 or -1 is check_config's to refuse)
+        cfg.threads = default_threads(world_size)
     return cfg
 
 
@@ -150,20 +158,23 @@ def from_run_folder(run_dir: Path, given: dict[str, Any], world_size: int, rank:
     if latest_dir(run_dir).exists():
         raise ValueError(f"{run_dir} has been trained already; continue it with --run {run_dir} "
                          "--resume, or start a new run")
-    if rank == 0 and run_dir.is_dir():
-        refuse_live(run_dir.name, run_dir.parent)
     cfg = read_run_config(run_dir)
-    cfg.threads = cfg.threads or default_threads(world_size)
+    if cfg.threads is None:
+        cfg.threads = default_threads(world_size)
     return cfg
 
 
-def refuse_live(name: str, root: str | os.PathLike | None) -> dict[str, Any]:
-    """The run's status; ValueError when another process is training it (one writer per run)."""
-    run_dir = runs.run_path(name, root)
-    st = runs.status(name, root) if run_dir.is_dir() else {"state": "unknown"}
-    if st["state"] in runs.LIVE_STATES and st.get("pid") not in (None, os.getpid()):
-        raise ValueError(f"run {name!r} is {st['state']} (pid {st['pid']}); stop it first")
-    return st
+def lock_to_resume(args: argparse.Namespace) -> RunLock | None:
+    """The lock of the run folder that --resume names (None when there is no such folder yet:
+    make_config says so): held before the folder is tidied and read, so that a second writer
+    (another --resume, a Resume in the app) is refused rather than sharing it."""
+    if args.run:
+        run_dir = Path(args.run).expanduser().resolve()
+    elif args.name:
+        run_dir = runs.run_path(args.name, args.root)
+    else:
+        return None
+    return RunLock.acquire(run_dir) if run_dir.is_dir() else None
 
 
 def report_refusal(run_dir: Path, message: str) -> None:
@@ -224,8 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     run_dir = Path(args.run).expanduser().resolve() if args.run else None
+    lock = None
     try:
+        if args.resume and rank == 0:
+            lock = lock_to_resume(args)
         cfg = make_config(args, world_size, rank)
+        if not args.force_threads:
+            cfg.threads, note = cap_threads(cfg.threads, world_size)
+            if note and rank == 0:
+                print(f"warning: {note}", file=sys.stderr, flush=True)
         con = ConsoleCallbacks(cfg.max_iters)
         cb = Callbacks(on_log=con.on_log, on_eval=con.on_eval, on_message=con.message)
         try:
@@ -235,18 +253,25 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{run_dir / RUN_CONFIG_FILE}: {e}") from None
             raise
         con.trainer = trainer
-    except ValueError as e:
+        trainer.claim(lock)  # a new run's folder is named now: one writer from here on
+    except (ValueError, OSError) as e:  # RunBusy is a ValueError; OSError: a folder we cannot lock
+        if lock is not None:
+            lock.close()
         if run_dir and rank == 0:
-            report_refusal(run_dir, f"refused: {e}"[:2000])
+            with suppress(OSError):
+                report_refusal(run_dir, f"refused: {e}"[:2000])
         print(f"error: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(cfg.threads)  # (after the check: a file's threads may not be a number)
 
     def on_signal(signum: int, _frame: Any) -> None:
-        if signum == signal.SIGINT and trainer._stop_flag:
+        t = con.trainer  # (not `trainer`: the handler would keep it alive until interpreter exit)
+        if t is None:
+            return  # the run is over
+        if signum == signal.SIGINT and t._stop_flag:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         con.message(f"{signal.Signals(signum).name}: stopping after this step")
-        trainer.request_stop()
+        t.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -254,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         st = trainer.fit()
     except (ValueError, OSError) as e:  # bad data, disk full...: the status says failed already
         con.close()
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {e}" if isinstance(e, RunWriteError) else f"error: {type(e).__name__}: {e}",
+              file=sys.stderr)
         return 1
+    finally:  # trainer -> callbacks -> con -> trainer: break the cycle, so the trainer goes with main
+        con.trainer = None
     con.close(st.get("iter"))
     if rank == 0:
         print(f"{st.get('state')}: {st.get('message')}", flush=True)

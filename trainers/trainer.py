@@ -13,17 +13,16 @@ before an eval, a snapshot, a stop or the end.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from gpt import checkpoint as ckpt  # module access, so tests can monkeypatch ckpt.save
 from gpt.config import GPTConfig
@@ -32,7 +31,10 @@ from trainers import runs
 from trainers.config import (RUN_CONFIG_FILE, TrainConfig, check_config, get_lr, is_snapshot_iter,
                              resolve_device, vocab_bound)
 from trainers.data import Corpus, default_data
-from trainers.engine import Engine
+from trainers.engine import Engine, end_process_group, start_process_group
+from trainers.runfolder import (RunWriteError, disk_full, has_trained, truncate_metrics, write_failure,
+                                write_json_in_place)
+from trainers.runlock import RunLock
 from trainers.step import DeferredStep
 
 
@@ -75,6 +77,7 @@ class Trainer:
         self._stop_flag = False
         self.status: dict[str, Any] = {}
         self.engine: Engine | None = None
+        self.lock: RunLock | None = None  # the run folder's lock, held by rank 0 (claim)
 
     # -- small helpers ----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -93,7 +96,10 @@ class Trainer:
         return bool(self.cb.should_stop and self.cb.should_stop()) or \
             (self.run_dir / runs.STOP_FILE).exists()
 
-    def _write_status(self, state: str | None = None, **fields: Any) -> None:
+    def _write_status(self, state: str | None = None, last: bool = False, **fields: Any) -> None:
+        """Update status.json. The `last` one (a failure) is written even on a full disk, in the
+        file's own blocks; should that fail too, the lock is free once this process ends, and
+        readers show the run as interrupted rather than running."""
         if not self.master or not self.run_dir.is_dir():
             return
         if not self.status:  # e.g. a failure before setup finished: keep what runs.start wrote
@@ -101,13 +107,35 @@ class Trainer:
         if state is not None:
             self.status["state"] = state
         self.status.update(fields, pid=os.getpid(), updated_at=runs._now(), updated_ts=time.time())
-        runs.write_json_atomic(self.run_dir / "status.json", self.status)
+        try:
+            runs.write_json_atomic(self.run_dir / "status.json", self.status)
+        except OSError:
+            if not last:
+                raise
+            with suppress(OSError):
+                write_json_in_place(self.run_dir / "status.json", self.status)
+
+    def claim(self, lock: RunLock | None = None) -> None:
+        """Hold the run folder's lock (take it, or adopt `lock`) on rank 0 until fit() ends, which
+        claims by itself otherwise. Raises before anything is written: RunBusy (a ValueError) when
+        another process holds it; ValueError when a new run's folder was trained meanwhile."""
+        if not self.master or self.lock is not None:
+            return
+        if lock is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock.acquire(self.run_dir)
+        self.lock = lock
+        if not self.resumed and has_trained(self.run_dir):
+            self.lock.close()
+            self.lock = None
+            raise ValueError(f"a run named {self.cfg.name!r} in {self.run_dir.parent} has been trained "
+                             f"already; continue it with --resume --name {self.cfg.name}, or pick another name")
 
     # -- setup ------------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.cfg
         if self.ddp:
-            dist.init_process_group(backend="nccl" if self.device_type == "cuda" else "gloo")
+            start_process_group(self.device_type)
             if self.device_type == "cuda":
                 torch.cuda.set_device(self.device)
         if self.device_type == "cuda":  # TF32 matmuls: ~free speed on Ampere+, as nanoGPT
@@ -119,7 +147,7 @@ class Trainer:
         run_cfg = runs.read_json(self.run_dir / RUN_CONFIG_FILE) if self.resumed else None
         if self.resumed:
             latest = ckpt.latest_dir(self.run_dir)
-            if run_cfg is None or not latest.is_dir():
+            if not (run_cfg and isinstance(run_cfg.get("train"), dict) and latest.is_dir()):
                 raise ValueError(f"cannot resume {cfg.name!r}: {self.run_dir} has no config.json "
                                  "or latest/ checkpoint")
             model, tok, meta = ckpt.load(latest, device=self.device)
@@ -180,7 +208,7 @@ class Trainer:
                        "created_at": started.get("created_at") or runs._now()}
         else:  # a resumed run may go further, with other threads; the rest stays as recorded
             run_cfg["train"].update(max_iters=self.cfg.max_iters, threads=self.cfg.threads)
-            self._truncate_metrics()
+            truncate_metrics(self.run_dir, self.start_iter)
         runs.write_json_atomic(self.run_dir / RUN_CONFIG_FILE, run_cfg)
         prev = runs.read_json(self.run_dir / "status.json") or {}
         self.status = {"state": "running", "pid": os.getpid(), "iter": self.start_iter,
@@ -191,23 +219,20 @@ class Trainer:
         (self.run_dir / "metrics.jsonl").touch()
         self._write_status()
 
-    def _truncate_metrics(self) -> None:
-        """Drop rows written after the checkpoint we resume from: that work is being redone."""
-        s = self.start_iter
-        keep = [r for r in runs.read_metrics(self.run_dir)
-                if r.get("iter", 0) < s or (r.get("iter") == s and "val_loss" in r)]
-        tmp = self.run_dir / ".metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-        os.replace(tmp, self.run_dir / "metrics.jsonl")
-
     # -- checkpoints and evaluation ---------------------------------------------------------------
     def _save(self, folder: Path, it: int, with_optimizer: bool) -> None:
         """Save the model as it is now to `folder` (a gpt.checkpoint layout folder of this run)."""
         meta = {"iter": it, "val_loss": self.last_val, "train_loss": self.last_train,
                 "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
                 "run": self.cfg.name, "elapsed_s": round(self._elapsed(), 3)}
-        path = ckpt.save(folder, self.raw_model, self.tokenizer, meta=meta,
-                         optimizer=self.optimizer if with_optimizer else None)
+        try:
+            path = ckpt.save(folder, self.raw_model, self.tokenizer, meta=meta,
+                             optimizer=self.optimizer if with_optimizer else None)
+        except ValueError:  # a folder that is not a checkpoint, meta that is not JSON: not a write
+            raise
+        except Exception as e:  # OSError, or how torch.save and safetensors report a full disk
+            weights = sum(p.numel() * p.element_size() for p in self.raw_model.parameters())
+            raise write_failure(e, "the checkpoint", self.run_dir, weights * (3 if with_optimizer else 1)) from e
         if self.cb.on_checkpoint:
             self.cb.on_checkpoint(Path(path))
 
@@ -246,7 +271,8 @@ class Trainer:
         return True
 
     def _elapsed(self) -> float:
-        return self.elapsed_prev + time.time() - self.t_start
+        # a monotonic clock: a wall-clock jump must not make elapsed_s negative (nor tokens/s huge)
+        return self.elapsed_prev + time.perf_counter() - self.t_start
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -255,33 +281,42 @@ class Trainer:
         Divergence ends the run with state "failed" (returned, not raised); any exception marks
         the run failed with its message and is re-raised. Earlier checkpoints are never touched.
         """
-        self.t_start = time.time()
+        self.claim()  # outside the try: a refused claim must not mark another process's run failed
+        self.t_start = time.perf_counter()
         try:
+            in_step = False  # True once every rank has left the loop at the same iteration
             self._setup()
-            self.t_start = time.time()  # elapsed_s counts training, not data loading and setup
-            return self._loop()
+            self.t_start = time.perf_counter()  # elapsed_s counts training, not data loading and setup
+            status = self._loop()
+            in_step = True
+            return status
         except BaseException as e:
+            err = e if isinstance(e, RunWriteError) else None
+            if isinstance(e, OSError) and err is None and disk_full(e, self.run_dir):
+                err = write_failure(e, "the run's files", self.run_dir)  # metrics.jsonl or status.json
             if isinstance(e, KeyboardInterrupt):
                 state, msg = "interrupted", "interrupted (Ctrl-C); resume to continue from latest/"
             else:
-                state, msg = "failed", f"{type(e).__name__}: {e}"[:2000]
-            try:
-                self._write_status(state, message=msg)
-            except OSError:
-                pass  # the disk may be what failed; the original error matters more
+                state, msg = "failed", (str(err) if err else f"{type(e).__name__}: {e}")[:2000]
+            self._write_status(state, last=True, message=msg)
+            if err is not None and err is not e:
+                raise err from e
             raise
         finally:
             if self.engine is not None:
-                self.engine.close()
+                self.engine.close()  # (lets go of the DDP wrapper, which holds the process group)
             if self.master:
                 (self.run_dir / runs.STOP_FILE).unlink(missing_ok=True)
-            if self.ddp and dist.is_initialized():
-                dist.destroy_process_group()
+            if self.ddp:  # freed here, gloo's threads joined: none may live into interpreter exit
+                end_process_group(barrier=in_step)
+            if self.lock is not None:  # last: every write of this process is done
+                self.lock.close()
+                self.lock = None
 
     def _loop(self) -> dict[str, Any]:
         cfg, it = self.cfg, self.start_iter
         tokens_per_iter = cfg.grad_accum * cfg.batch_size * self.model_cfg.block_size
-        t_train, t_log, it_log = time.time(), 0.0, it
+        t_train, t_log, it_log = time.perf_counter(), 0.0, it
         X, Y = self._batch()
         while True:
             if it != self.start_iter or not self.resumed:
@@ -299,7 +334,7 @@ class Trainer:
             lr = get_lr(it, cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            t0 = time.time()
+            t0 = time.perf_counter()
             loss_sum: torch.Tensor | None = None
             for micro in range(self.micro_steps):
                 loss, (X, Y) = self.engine.micro_step(X, Y, self.micro_steps,
@@ -320,7 +355,7 @@ class Trainer:
                     return self._fail(bad_it, bad_loss)
             else:
                 stop = False  # (only DDP gets here with a stop request: ranks act on it together)
-            t_log += time.time() - t0
+            t_log += time.perf_counter() - t0
             if self.master and logged:
                 lossf = self.last_train
                 done = it - it_log
@@ -330,7 +365,7 @@ class Trainer:
                 runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
                 if self.cb.on_log:
                     self.cb.on_log(row)
-                per_iter = (time.time() - t_train) / max(1, it - self.start_iter)
+                per_iter = (time.perf_counter() - t_train) / max(1, it - self.start_iter)
                 self._write_status("stopping" if stop else "running", iter=it, train_loss=lossf,
                                    tokens_per_s=round(tps, 1),
                                    eta_s=round(per_iter * (cfg.max_iters - it), 1))
@@ -367,10 +402,9 @@ class Trainer:
         return None, math.nan
 
     def _agree(self, stop: bool, bad: bool) -> tuple[bool, bool]:
-        """MAX-all-reduce of two flags over the DDP ranks."""
-        flags = torch.tensor([float(stop), float(bad)], device=self.device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0] > 0), bool(flags[1] > 0)
+        """(stop, bad), each True when it is True on any DDP rank."""
+        assert self.engine is not None
+        return self.engine.agree(stop, bad)  # (on a tensor that outlives the process group)
 
     def _fail(self, it_bad: int, loss: float) -> dict[str, Any]:
         good = runs.latest_iter(self.run_dir)
