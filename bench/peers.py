@@ -1,4 +1,5 @@
-"""Locating and loading the peer we compare against: karpathy/nanoGPT's model.py.
+"""Locating and loading the peers we compare against: karpathy/nanoGPT's model.py, and a separate
+virtual environment with TransformerLens 2.x (for bench_patching; see `transformerlens_python`).
 
 nanoGPT's code is never committed here. It is looked up, in order, in
   1. $NANOGPT_DIR  (a folder holding nanoGPT's model.py, and usually train.py), when it is set;
@@ -93,3 +94,30 @@ def nanogpt_model(config: GPTConfig, state_dict: dict[str, torch.Tensor]) -> tor
     if missing or unexpected:
         raise RuntimeError(f"state dicts differ: missing {missing[:4]}, unexpected {unexpected[:4]}")
     return peer.eval()
+
+
+# -- TransformerLens: a separate venv, run as a worker process -------------------------------------------
+TL_DEFAULT_VENV = Path("/tmp/tlvenv")
+TL_HOW_TO_GET = (
+    "TransformerLens peer not found: set TRANSFORMERLENS_VENV to a virtual environment with\n"
+    "transformer-lens 2.x (4.x removed HookedTransformer), or leave it unset and make /tmp/tlvenv:\n"
+    "    python3 -m venv /tmp/tlvenv && /tmp/tlvenv/bin/pip install torch==2.13.0\n"
+    "    /tmp/tlvenv/bin/pip install \"transformer-lens<3\" \"datasets<3\" \"pyarrow<18\"\n"
+    "(torch first and pinned, so pip does not pull a CUDA build; pyarrow<18 works with the numpy<2 that\n"
+    "transformer-lens 2.x pins.) The TransformerLens comparison is skipped."
+)
+
+
+def transformerlens_python() -> Path | None:
+    """The python of the TransformerLens venv, or None: $TRANSFORMERLENS_VENV when it is set (and then
+    only it), else /tmp/tlvenv. Whether transformer_lens imports there is the worker's to say."""
+    env = os.environ.get("TRANSFORMERLENS_VENV")
+    d = Path(env).expanduser() if env else TL_DEFAULT_VENV
+    py = d / "bin" / "python"
+    return py if py.is_file() else None
+
+
+def transformerlens_how_to_get() -> str:
+    """What to print when the TransformerLens venv is missing."""
+    env = os.environ.get("TRANSFORMERLENS_VENV")
+    return (f"TRANSFORMERLENS_VENV={env} holds no bin/python.\n" if env else "") + TL_HOW_TO_GET

@@ -25,12 +25,24 @@ Contract:
   one it contributes a fresh uuid4 hex, so two Edits built from raw functions never compare equal.
 - like a Recorder, an Edits plans one forward at a time (begin, wants, apply): do not run two
   forwards with the same Edits concurrently.
+- every part has a description (`Desc`); `description` sums them up for a banner ("2 heads ablated
+  (zero)") and `details` lists them one by one. A part may need the model before its hooks run (a
+  mean over a reference batch): GPT.forward hands itself to `begin`, which runs the part's `prepare`.
+
+Sugar (gpt/interventions.py holds the functions; each method returns self + one new part, so they
+chain, and each part's key is plain data made of its arguments, e.g. ("ablate_heads", 1, (0, 2), "zero")):
+
+    edit = Edits().ablate_heads(1, [0, 2]).ablate_mlp(3, "mean").ablate_neurons(0, [5], "zero")
+    edit.description                      # "2 heads ablated (zero); 1 MLP layer ablated (mean); 1 neuron ..."
+    Edits.from_spec(edit.key) == edit     # ablations rebuild from their keys (app session state)
+    Edits().patch("blocks.0.hook_resid_pre", clean_rec["blocks.0.hook_resid_pre"], positions=[3])
+    Edits().add("blocks.2.hook_resid_post", direction, scale=4.0)
 """
 from __future__ import annotations
 
 import inspect
 import uuid
-from typing import Callable, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -39,6 +51,17 @@ from gpt.record import Recorder
 
 EditFn = Callable[..., torch.Tensor]
 _Entry = tuple[str, EditFn, bool]  # (name or glob, function, takes pos)
+Prepare = Callable[[Any], None]  # called with the model at the start of every forward
+
+
+class Desc(NamedTuple):
+    """How one part of an edit reads: parts with the same (noun, plural, suffix) add up in a banner,
+    counted over the union of their items ("2 heads ablated (zero)"); `detail` is the part alone."""
+    noun: str
+    plural: str
+    suffix: str
+    items: frozenset
+    detail: str
 
 
 def _takes_pos(name: str, fn: EditFn) -> bool:
@@ -62,7 +85,10 @@ class Edits:
     """Functions act -> act (or (act, pos) -> act) keyed by hook name or glob. See the module docstring."""
 
     def __init__(self, fns: Mapping[str, EditFn | Sequence[EditFn]] | None = None,
-                 key: Hashable | None = None) -> None:
+                 key: Hashable | None = None, desc: Desc | None = None, prepare: Prepare | None = None
+                 ) -> None:
+        """`desc` says what the part does (default: "custom edit of <names>"); `prepare(model)`, if
+        given, runs at the start of every forward under this edit, before any hook."""
         entries: list[_Entry] = []
         for name, f in (fns or {}).items():
             if not isinstance(name, str):
@@ -75,11 +101,17 @@ class Edits:
         if key is not None:
             hash(key)  # an unhashable key would only fail later, inside some cache
         keys: tuple[Hashable, ...] = ((uuid.uuid4().hex if key is None else key),) if entries else ()
-        self._setup(tuple(entries), keys)
+        if desc is None and entries:
+            names = ", ".join(dict.fromkeys(name for name, _, _ in entries))
+            desc = Desc("custom edit", "custom edits", "", frozenset(keys), f"custom edit of {names}")
+        self._setup(tuple(entries), keys, (desc,) if entries else (), (prepare,) if entries and prepare else ())
 
-    def _setup(self, entries: tuple[_Entry, ...], keys: tuple[Hashable, ...]) -> None:
+    def _setup(self, entries: tuple[_Entry, ...], keys: tuple[Hashable, ...], descs: tuple[Desc, ...],
+               prepares: tuple[Prepare, ...]) -> None:
         self._entries = entries
         self._keys = keys
+        self._descs = descs
+        self._prepares = prepares
         self._plans: dict[int, dict[str, tuple[tuple[EditFn, bool], ...]]] = {}  # n_layer -> name -> fns
         self._active: dict[str, tuple[tuple[EditFn, bool], ...]] = {}
         self._start, self._T = 0, 0
@@ -96,7 +128,8 @@ class Edits:
         if not isinstance(other, Edits):
             raise TypeError(f"can only combine Edits with Edits, got {type(other).__name__}")
         out = Edits.__new__(Edits)
-        out._setup(self._entries + other._entries, self._keys + other._keys)
+        out._setup(self._entries + other._entries, self._keys + other._keys, self._descs + other._descs,
+                   self._prepares + other._prepares)
         return out
 
     def __add__(self, other: "Edits") -> "Edits":
@@ -115,8 +148,58 @@ class Edits:
         names = list(dict.fromkeys(name for name, _, _ in self._entries))
         return f"Edits({', '.join(names)})"
 
-    # Interventions (a later issue) go here: ablate_heads, ablate_mlp, ablate_neurons, patch, add,
-    # each returning a new Edits (`self + Edits({...}, key=("ablate_heads", layer, heads))`).
+    # -- what it does, in words ----------------------------------------------------------------------
+    @property
+    def description(self) -> str:
+        """The whole edit for a banner: parts of one kind added up, "2 heads ablated (zero); 1 MLP
+        layer ablated (mean)"; "no edit" when empty."""
+        groups: dict[tuple[str, str, str], set] = {}
+        for d in self._descs:
+            groups.setdefault((d.noun, d.plural, d.suffix), set()).update(d.items)
+        parts = [" ".join(w for w in (str(len(items)), noun if len(items) == 1 else plural, suffix) if w)
+                 for (noun, plural, suffix), items in groups.items()]
+        return "; ".join(parts) or "no edit"
+
+    @property
+    def details(self) -> tuple[str, ...]:
+        """Each part in words, in order, e.g. "layer 1 heads 0, 2 ablated (zero)"."""
+        return tuple(d.detail for d in self._descs)
+
+    # -- sugar: each returns self + one part (gpt/interventions.py) ---------------------------------
+    def ablate_heads(self, layer: int, heads: Sequence[int], how: str = "zero", ref: Any = None) -> "Edits":
+        """Heads `heads` of `layer` ablated at attn.hook_z: "zero", or "mean" over `ref` ids (default:
+        each row's own positions). See gpt.interventions."""
+        from gpt import interventions
+        return self + interventions.ablate_heads(layer, heads, how, ref)
+
+    def ablate_mlp(self, layer: int, how: str = "zero", ref: Any = None) -> "Edits":
+        """The MLP of `layer` ablated at hook_mlp_out ("zero" or "mean", as ablate_heads)."""
+        from gpt import interventions
+        return self + interventions.ablate_mlp(layer, how, ref)
+
+    def ablate_neurons(self, layer: int, indices: Sequence[int], how: str = "zero", ref: Any = None) -> "Edits":
+        """MLP neurons `indices` of `layer` ablated at mlp.hook_post ("zero" or "mean")."""
+        from gpt import interventions
+        return self + interventions.ablate_neurons(layer, indices, how, ref)
+
+    def patch(self, name: str, values: torch.Tensor, positions: Sequence[int] | None = None,
+              heads: Sequence[int] | None = None) -> "Edits":
+        """`name` replaced by `values` (what a Recorder stores for it, e.g. from another run), at all
+        positions or `positions` (model positions), for all heads or `heads`."""
+        from gpt import interventions
+        return self + interventions.patch(name, values, positions, heads)
+
+    def add(self, name: str, vector: torch.Tensor, scale: float = 1.0) -> "Edits":
+        """`scale * vector` added to `name` at every position (steering)."""
+        from gpt import interventions
+        return self + interventions.add(name, vector, scale)
+
+    @classmethod
+    def from_spec(cls, spec: Iterable[tuple]) -> "Edits":
+        """The edit whose key is `spec`, rebuilt from plain data: a sequence of sugar keys such as
+        ("ablate_heads", 1, (0, 2), "zero"), so `Edits.from_spec(e.key) == e` for ablations."""
+        from gpt import interventions
+        return interventions.from_spec(spec)
 
     # -- planning -----------------------------------------------------------------------------------
     def _plan(self, config: GPTConfig) -> dict[str, tuple[tuple[EditFn, bool], ...]]:
@@ -135,11 +218,14 @@ class Edits:
         return set(self._plan(config))
 
     # -- the model's side ---------------------------------------------------------------------------
-    def begin(self, config: GPTConfig, start: int, T: int) -> None:
-        """Called by GPT.forward before any hook: this forward covers positions start .. start+T-1."""
+    def begin(self, config: GPTConfig, start: int, T: int, model: Any = None) -> None:
+        """Called by GPT.forward before any hook: this forward covers positions start .. start+T-1.
+        `model` (the GPT running) goes to the parts that prepare something from it."""
         self._active = self._plan(config)
         self._start, self._T = start, T
         self._pos = None
+        for prepare in self._prepares:
+            prepare(model)
 
     def wants(self, name: str) -> bool:
         return name in self._active

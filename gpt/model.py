@@ -237,7 +237,7 @@ class GPT(nn.Module):
         if edit is not None:
             if not isinstance(edit, Edits):
                 raise TypeError(f"edit must be a gpt.edit.Edits, got {type(edit).__name__}")
-            edit.begin(self.config, start, T)  # resolves its names first: an unknown one raises here
+            edit.begin(self.config, start, T, model=self)  # resolves its names first: an unknown one raises here
         if rec is not None:
             edited = frozenset(edit.edited_names(self.config)) if edit is not None else frozenset()
             rec.begin(self.config, cached=start > 0, edited=edited)

@@ -1,6 +1,8 @@
 """Edits: an empty edit is no edit, an identity edit at every hook changes nothing, recordings hold
 the edited values, edits match weight surgery and a hand-written forward, KV-cached generation under
-an edit equals full recompute under it, and keys identify edits."""
+an edit equals full recompute under it, and keys identify edits. The sugar (gpt/interventions.py):
+zero ablations equal weight surgery, mean ablations their manual computation, patch and add a
+hand-written edit, each kind survives KV-cache generation, and each bad input gets its message."""
 from __future__ import annotations
 
 import copy
@@ -293,3 +295,222 @@ def test_keys_and_combination_order(model: GPT, idx: torch.Tensor) -> None:
     close(run(model, idx, a + b, name)[1][name[0]], (x + 1) * 2)
     close(run(model, idx, b + a, name)[1][name[0]], x * 2 + 1)
     close(run(model, idx, Edits({name[0]: [g, f]}), name)[1][name[0]], x * 2 + 1)  # a list keeps its order
+
+
+# -- the sugar: ablate_heads, ablate_mlp, ablate_neurons, patch, add (gpt/interventions.py) ------------
+def surgery(model: GPT, change) -> GPT:
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        change(twin)
+    return twin
+
+
+def test_zero_ablations_equal_weight_surgery(model: GPT, idx: torch.Tensor) -> None:
+    hs = model.config.head_dim
+    plain, _ = run(model, idx)
+
+    def heads(m: GPT) -> None:  # heads 0 and 1 of layer 1: their slices of c_proj's input columns
+        m.transformer.h[1].attn.c_proj.weight[:, 0:2 * hs] = 0
+
+    def mlp(m: GPT) -> None:  # the MLP's whole write, its bias included
+        m.transformer.h[0].mlp.c_proj.weight.zero_()
+        m.transformer.h[0].mlp.c_proj.bias.zero_()
+
+    def neurons(m: GPT) -> None:
+        m.transformer.h[1].mlp.c_proj.weight[:, [3, 17, 200]] = 0
+    def head1(m: GPT) -> None:  # layer 0 has 2 heads: head 1 is the second half of the columns
+        m.transformer.h[0].attn.c_proj.weight[:, hs:] = 0
+    for edit, change in [(Edits().ablate_heads(1, [1, 0]), heads), (Edits().ablate_heads(0, 1, "zero"), head1),
+                         (Edits().ablate_mlp(0), mlp), (Edits().ablate_neurons(1, [200, 3, 17]), neurons)]:
+        reference, _ = run(surgery(model, change), idx)
+        assert (reference - plain).abs().max() > 1e-3, edit.details
+        torch.testing.assert_close(run(model, idx, edit)[0], reference, atol=1e-6, rtol=0)
+
+
+def test_mean_ablations_equal_their_manual_computation(model: GPT, idx: torch.Tensor) -> None:
+    ref = torch.randint(0, model.config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(7))
+    names = ["blocks.1.attn.hook_z", "blocks.0.hook_mlp_out", "blocks.1.mlp.hook_post"]
+    _, own = run(model, idx, None, names, compact=False)  # the prompt's own activations
+    with torch.no_grad():
+        rec_ref = Recorder(names, compact=False)
+        model(ref, rec=rec_ref)
+    heads, neurons = [0], [4, 9]
+
+    def manual(name: str, sel, mean):  # the activation with `sel` of its last-but-... axis set to `mean`
+        def fn(a):
+            a = a.clone()
+            if sel is None:
+                a[:] = mean
+            else:
+                a[:, :, sel] = mean
+            return a
+        return Edits({name: fn})
+    z, mo, post = (own[n] for n in names)
+    rz, rmo, rpost = (rec_ref[n] for n in names)
+    cases = [  # (sugar, the same by hand): each row's mean over its positions, or the mean over ref
+        (Edits().ablate_heads(1, heads, "mean"), manual(names[0], heads, z[:, :, heads].mean(1, keepdim=True))),
+        (Edits().ablate_mlp(0, "mean"), manual(names[1], None, mo.mean(1, keepdim=True))),
+        (Edits().ablate_neurons(1, neurons, "mean"),
+         manual(names[2], neurons, post[:, :, neurons].mean(1, keepdim=True))),
+        (Edits().ablate_heads(1, heads, "mean", ref=ref), manual(names[0], heads, rz[:, :, heads].mean((0, 1)))),
+        (Edits().ablate_mlp(0, "mean", ref=ref), manual(names[1], None, rmo.mean((0, 1)))),
+        (Edits().ablate_neurons(1, neurons, "mean", ref=ref[0]),
+         manual(names[2], neurons, rpost[:1, :, neurons].mean((0, 1)))),
+    ]
+    plain, _ = run(model, idx)
+    for sugar, by_hand in cases:
+        expected, _ = run(model, idx, by_hand)
+        assert (expected - plain).abs().max() > 1e-3, sugar.details
+        close(run(model, idx, sugar)[0], expected)
+    # the reference mean is the unedited model's, kept per model, and follows a change of the weights
+    edit = cases[3][0]
+    twin = surgery(model, lambda m: m.transformer.h[0].attn.c_attn.weight.mul_(1.5))
+    with torch.no_grad():
+        rec_twin = Recorder(names[:1], compact=False)
+        twin(ref, rec=rec_twin)
+    mean_twin = rec_twin[names[0]][:, :, heads].mean((0, 1))
+    close(run(twin, idx, edit)[0], run(twin, idx, manual(names[0], heads, mean_twin))[0])
+    with torch.no_grad():
+        twin.transformer.h[0].attn.c_attn.weight.mul_(0.5)  # in place: the version counter moves
+        rec_twin = Recorder(names[:1], compact=False)
+        twin(ref, rec=rec_twin)
+    mean_twin = rec_twin[names[0]][:, :, heads].mean((0, 1))
+    close(run(twin, idx, edit)[0], run(twin, idx, manual(names[0], heads, mean_twin))[0])
+
+
+def test_patching_resid_pre_at_all_positions_gives_the_clean_logits_exactly(model: GPT, idx: torch.Tensor) -> None:
+    clean, corrupt = idx[:1], idx[1:]
+    name = "blocks.0.hook_resid_pre"
+    clean_logits, rec = run(model, clean, None, [name])
+    corrupt_logits, _ = run(model, corrupt)
+    assert (clean_logits - corrupt_logits).abs().max() > 1e-2
+    patched, _ = run(model, corrupt, Edits().patch(name, rec[name]))
+    assert torch.equal(patched, clean_logits)
+
+
+def test_patch_positions_and_heads_equal_a_hand_written_edit(model: GPT, idx: torch.Tensor) -> None:
+    names = ["blocks.1.attn.hook_z", "blocks.0.attn.hook_pattern", "blocks.1.hook_mlp_out"]
+    _, src = run(model, idx.flip(0), None, names, compact=False)  # values from another run
+    z, pat, mo = (src[n] for n in names)
+
+    def by_hand(a, s, sel):
+        a = a.clone()
+        a[sel] = s[sel]
+        return a
+    cases = [
+        (Edits().patch(names[0], z, positions=[2, 5], heads=[1]),
+         Edits({names[0]: lambda a: by_hand(a, z, (slice(None), [[2], [5]], [1]))})),
+        (Edits().patch(names[0], z[:1], heads=[0]),  # batch 1 broadcasts over the run's batch
+         Edits({names[0]: lambda a: by_hand(a, z[:1].expand_as(a), (slice(None), slice(None), [0]))})),
+        (Edits().patch(names[1], pat, positions=[7]),  # pattern: positions are queries (axis 2)
+         Edits({names[1]: lambda a: by_hand(a, pat, (slice(None), slice(None), [7]))})),
+        (Edits().patch(names[2], mo, positions=[0, T - 1]),
+         Edits({names[2]: lambda a: by_hand(a, mo, (slice(None), [0, T - 1]))})),
+    ]
+    plain, _ = run(model, idx)
+    for sugar, reference in cases:
+        expected, _ = run(model, idx, reference)
+        assert (expected - plain).abs().max() > 1e-4, sugar.details
+        close(run(model, idx, sugar)[0], expected)
+    d = torch.randn(model.config.n_embd, generator=torch.Generator().manual_seed(2))
+    steer = Edits().add("blocks.1.hook_resid_pre", d, scale=3.0)
+    close(run(model, idx, steer)[0], run(model, idx, Edits({"blocks.1.hook_resid_pre": lambda x: x + 3.0 * d}))[0])
+
+
+def sugar_edits(model: GPT) -> list[Edits]:
+    """One edit of each sugar kind whose effect does not depend on how positions are split."""
+    C, block = model.config.n_embd, model.config.block_size
+    ref = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    values = torch.randn(1, block, C, generator=torch.Generator().manual_seed(4))
+    return [Edits().ablate_heads(1, [0]), Edits().ablate_heads(0, [1], "mean", ref=ref),
+            Edits().ablate_mlp(1, "mean", ref=ref), Edits().ablate_mlp(0),
+            Edits().ablate_neurons(0, [1, 2, 30], "zero"), Edits().ablate_neurons(1, [7], "mean", ref=ref),
+            Edits().patch("blocks.1.hook_resid_pre", values, positions=[2, 9, 20]),
+            Edits().add("blocks.0.hook_resid_post", values[0, 0], 2.0)]
+
+
+@pytest.mark.parametrize("kind", range(8))
+def test_each_sugar_survives_kv_cache_generation(model: GPT, kind: int) -> None:
+    edit = sugar_edits(model)[kind]
+    n = model.config.block_size + 6  # past block_size too: the window slides and the cache is rebuilt
+    prompt = [3, 1, 4, 1, 5]
+    cached = generate(model, prompt, n, temperature=0, edit=edit)
+    assert cached == generate(model, prompt, n, temperature=0, use_cache=False, edit=edit), edit.details
+    gen, moved = Generator(model, prompt, temperature=0, edit=edit), 0.0
+    for _ in range(12):
+        ctx = torch.tensor([gen.ids[-model.config.block_size:]])
+        with torch.no_grad():
+            expected = model(ctx, edit=edit)[0][0, -1]
+            moved = max(moved, (model(ctx)[0][0, -1] - expected).abs().max().item())
+        close(gen.step().logits, expected)
+    assert moved > 1e-3, edit.details  # the edit matters
+
+
+def test_keys_descriptions_and_specs() -> None:
+    e = Edits().ablate_heads(1, [2, 0, 2]).ablate_heads(2, [0]).ablate_mlp(3, "mean").ablate_neurons(0, [5], "zero")
+    assert e.key == (("ablate_heads", 1, (0, 2), "zero"), ("ablate_heads", 2, (0,), "zero"),
+                     ("ablate_mlp", 3, "mean"), ("ablate_neurons", 0, (5,), "zero"))
+    assert e.description == "3 heads ablated (zero); 1 MLP layer ablated (mean); 1 neuron ablated (zero)"
+    assert e.details[0] == "layer 1 heads 0, 2 ablated (zero)"
+    assert Edits().ablate_heads(1, [0]).ablate_heads(1, [0]).description == "1 head ablated (zero)"  # counted once
+    assert Edits().description == "no edit" and Edits({"logits": lambda x: x}).description == "1 custom edit"
+    assert Edits.from_spec(e.key) == e and Edits.from_spec(e.key).description == e.description
+    assert Edits().ablate_heads(1, [0, 2]) == Edits().ablate_heads(1, (2, 0)) != Edits().ablate_heads(1, [0, 2], "mean")
+    with_ref = Edits().ablate_mlp(0, "mean", ref=[[1, 2, 3]])
+    assert with_ref.key == (("ablate_mlp", 0, "mean", ((1, 2, 3),)),) and Edits.from_spec(with_ref.key) == with_ref
+    v = torch.ones(4)
+    assert Edits().add("logits", v).key == Edits().add("logits", v.clone()).key != Edits().add("logits", v * 2).key
+    assert Edits().patch("blocks.0.hook_resid_pre", v[None, None]).description == "1 activation patched"
+    assert hash(e) == hash(Edits.from_spec(e.key))
+
+
+def _forward(model: GPT, idx: torch.Tensor, edit: Edits) -> None:
+    run(model, idx, edit)
+
+
+SUGAR_BAD = {  # name -> (what to do with the model and ids, the message it must give)
+    "unknown how": (lambda m, i: Edits().ablate_heads(0, [1], "half"), "how must be 'zero' or 'mean'"),
+    "ref with zero": (lambda m, i: Edits().ablate_mlp(0, "zero", ref=[1, 2]), "with how='zero' leave it out"),
+    "negative head": (lambda m, i: Edits().ablate_heads(0, [-1]), "head must be a non-negative integer"),
+    "no neurons": (lambda m, i: Edits().ablate_neurons(0, []), "give at least one neuron"),
+    "head past the layer's heads": (lambda m, i: _forward(m, i, Edits().ablate_heads(1, [5])),
+                                    r"head 5 is out of range: blocks.1.attn.hook_z has 2 heads \(0..1\)"),
+    "neuron past the MLP": (lambda m, i: _forward(m, i, Edits().ablate_neurons(0, [999])),
+                            "neuron 999 is out of range"),
+    "layer past the model": (lambda m, i: _forward(m, i, Edits().ablate_heads(9, [0])),
+                             "blocks.9.attn.hook_z.*matches nothing for a 2-layer model"),
+    "ref id past the vocabulary": (lambda m, i: _forward(m, i, Edits().ablate_heads(0, [0], "mean", ref=[1, 99])),
+                                   "ref token id 99 is outside the vocabulary 0..64"),
+    "ref not ids": (lambda m, i: Edits().ablate_heads(0, [0], "mean", ref=torch.randn(3)), "ref must be token ids"),
+    "prompt mean under the KV cache": (
+        lambda m, i: generate(m, [1, 2, 3], 2, temperature=0, edit=Edits().ablate_heads(0, [0], "mean")),
+        "needs the whole prompt in one forward.*Pass ref="),
+    "heads of a name without heads": (
+        lambda m, i: Edits().patch("blocks.0.hook_resid_pre", torch.zeros(1, T, 64), heads=[0]),
+        "heads= applies to per-head names"),
+    "patch a glob": (lambda m, i: Edits().patch("blocks.*.hook_resid_pre", torch.zeros(1, T, 64)),
+                     "one concrete hook name"),
+    "patch position past the values": (
+        lambda m, i: Edits().patch("blocks.0.hook_resid_pre", torch.zeros(1, T, 64), positions=[40]),
+        "position 40 is past the patch values, which cover positions 0..11"),
+    "patch values of another shape": (
+        lambda m, i: _forward(m, i, Edits().patch("blocks.0.hook_resid_pre", torch.zeros(1, T, 32))),
+        r"patch values for 'blocks.0.hook_resid_pre' have shape \(1, 12, 32\)"),
+    "patch values too short for the run": (
+        lambda m, i: _forward(m, i, Edits().patch("blocks.0.hook_resid_pre", torch.zeros(1, 5, 64))),
+        "cover positions 0..4; this forward reaches position 11"),
+    "add a vector of another size": (
+        lambda m, i: _forward(m, i, Edits().add("blocks.0.hook_resid_pre", torch.zeros(3))),
+        r"does not broadcast to blocks.0.hook_resid_pre.*last dimension, 64"),
+    "rebuild an add from its key": (lambda m, i: Edits.from_spec(Edits().add("logits", torch.zeros(65)).key),
+                                    "names its tensor by a digest only"),
+    "rebuild an unknown part": (lambda m, i: Edits.from_spec([("ablate_everything", 1)]),
+                                "cannot rebuild an edit part from 'ablate_everything'"),
+}
+
+
+@pytest.mark.parametrize("name", list(SUGAR_BAD))
+def test_sugar_bad_input_gets_its_message(model: GPT, idx: torch.Tensor, name: str) -> None:
+    do, message = SUGAR_BAD[name]
+    with pytest.raises(ValueError, match=message):
+        do(model, idx)
