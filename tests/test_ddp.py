@@ -1,8 +1,12 @@
 """DDP as nanoGPT runs it: torchrun with 2 CPU processes on gloo. Only rank 0 writes the run
-folder; a stop request reaches every rank (no hang); --resume continues under torchrun."""
+folder; a stop request reaches every rank (no hang); --resume continues under torchrun; and each
+rank's gloo threads are gone when the CLI's main() returns, stopped or finished (issue 13: a gloo
+worker left running into interpreter shutdown aborted a rank with "terminate called without an
+active exception", exit -6)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +22,33 @@ from trainers import runs
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                 reason="torch.distributed with gloo is not available")]
+                                 reason="torch.distributed with gloo is not available"),
+              pytest.mark.skipif(not Path("/proc/self/task").is_dir(),
+                                 reason="counting a process's threads needs Linux's /proc")]
+
+
+# Each rank runs the CLI's main() as `python -m trainers.train` does, then counts the threads of
+# its process that gloo started (pt_gloo_runloop workers, gloo_tcp_loop): none may outlive main().
+RANK_MAIN = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from trainers.train import main
+rc = main(sys.argv[1:])
+names = []
+for t in os.listdir("/proc/self/task"):
+    try:
+        names.append(open(f"/proc/self/task/{{t}}/comm").read().strip())
+    except OSError:  # a thread that ended meanwhile
+        pass
+n = sum("gloo" in name for name in names)
+print(f"rank {{os.environ['RANK']}}: gloo threads left: {{n}}", flush=True)
+sys.exit(rc)
+"""
+
+
+def gloo_threads_left(out: str) -> dict[int, int]:
+    """{rank: gloo threads alive after main() returned}, from RANK_MAIN's lines."""
+    return {int(r): int(n) for r, n in re.findall(r"rank (\d+): gloo threads left: (\d+)", out)}
 
 
 @pytest.fixture
@@ -26,10 +56,12 @@ def torchrun(tmp_path, tmp_path_factory):
     procs: list[subprocess.Popen] = []
     env = dict(os.environ, OMP_NUM_THREADS="1",
                NANOLENS_CACHE=str(tmp_path_factory.getbasetemp() / "cache"))
+    script = tmp_path_factory.mktemp("ddp_main") / "rank_main.py"
+    script.write_text(RANK_MAIN.format(repo=str(REPO)))
 
     def launch(*args: str) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "trainers.train", "--root", str(tmp_path), "--threads", "1", *args]
+               str(script), "--root", str(tmp_path), "--threads", "1", *args]
         p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
         procs.append(p)
@@ -54,6 +86,7 @@ def test_ddp_two_processes_gloo(torchrun, tmp_path):
     st = runs.stop("ddp", tmp_path, wait=True, timeout=60)  # both ranks must agree to stop
     out = p.communicate(timeout=60)[0]
     assert p.returncode == 0, out
+    assert gloo_threads_left(out) == {0: 0, 1: 0}, out  # the group was freed, its workers joined
     assert st["state"] == "stopped" and st["world_size"] == 2
     it = st["iter"]
     assert out.count("device: cpu, 1 thread, bf16 off, compile off, ddp 2 processes") == 1
@@ -71,6 +104,7 @@ def test_ddp_two_processes_gloo(torchrun, tmp_path):
     p = torchrun("--resume", "--name", "ddp", "--device", "cpu", "--max-iters", str(it + 6))
     out = p.communicate(timeout=180)[0]
     assert p.returncode == 0, out
+    assert gloo_threads_left(out) == {0: 0, 1: 0}, out
     assert f"resumed from iter {it} (optimizer state loaded)" in out
     st = runs.status("ddp", tmp_path)
     assert st["state"] == "finished" and st["iter"] == it + 6

@@ -2,16 +2,19 @@
 
 The Trainer decides *what* to compute (nanoGPT's recipe); the Engine decides *how* on this machine:
 bf16 autocast and TF32 on CUDA, torch.compile (CUDA graphs on CUDA, see trainers/step.py), the
-DDP wrapper, and on a CPU the thread plan: batch shards on threads (trainers/shards.py) or torch's
-own threads splitting each op, plus glibc's memory reuse. `describe()` is the "device: ..." line
-that tells the user what was decided.
+DDP wrapper and the process group's life, and on a CPU the thread plan: batch shards on threads
+(trainers/shards.py) or torch's own threads splitting each op, plus glibc's memory reuse.
+`describe()` is the "device: ..." line that tells the user what was decided.
 """
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt.model import GPT
 from trainers.config import TrainConfig
@@ -22,11 +25,43 @@ from trainers.step import attention_context, compile_model, keep_freed_memory
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def start_process_group(device_type: str) -> None:
+    """Join torchrun's process group (NCCL on CUDA, else gloo). End it with end_process_group."""
+    # This module's functions take `group=group.WORLD` as a default argument, evaluated when it is
+    # first imported; DDP imports it (through torch._dynamo), and after init the defaults would
+    # hold the group for good: destroying it could then never free it nor stop gloo's threads.
+    import torch.distributed.nn.functional  # noqa: F401
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+
+
+def end_process_group(barrier: bool) -> None:
+    """Destroy the process group, if any, so that it is freed now: gloo's worker threads are
+    joined while the interpreter is alive. Left running into interpreter shutdown, a worker that
+    drops the last reference to a tensor made in Python needs the GIL there, and the process
+    aborts ("terminate called without an active exception", issue 13). Call it after
+    Engine.close(), which lets go of the DDP wrapper (it holds the group too).
+
+    barrier: True when every rank left the training loop at the same step; each then waits for
+    the others' last collectives first. Not on an error path: a peer may be inside a collective
+    whose partner never comes, and a barrier would hang until gloo's timeout."""
+    if not dist.is_initialized():
+        return
+    gc.collect()  # a released wrapper left in a reference cycle would still hold the group
+    if barrier:
+        try:
+            dist.barrier()
+        except RuntimeError:  # a peer failed after the loop and exited: nobody left to wait for
+            pass
+    dist.destroy_process_group()
+
+
 class Engine:
     """Engine(model, cfg, device, ddp, world_size) for a model already on `device`, in train mode.
 
     Takes torch's thread count as it finds it (the CLI sets --threads); while batch shards run,
     torch's own threads are 1 and `close()` gives them back. Call `close()` when the run ends.
+    With ddp the process group must exist (start_process_group); after `close()`, end it
+    (end_process_group).
     """
 
     def __init__(self, model: GPT, cfg: TrainConfig, device: str, ddp: bool = False,
@@ -50,8 +85,10 @@ class Engine:
         if self.shards is not None:
             torch.set_num_threads(self.shard_threads)  # per shard thread (OpenMP's are per thread)
         self.model: torch.nn.Module = compiled
+        # agree()'s flags: one tensor for the engine's life, which outlasts the process group, so
+        # that a gloo worker never drops the last reference to it (see end_process_group)
+        self.flags = torch.zeros(2, device=device) if ddp else None
         if ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [torch.device(device).index] if self.device_type == "cuda" else None
             self.model = DDP(compiled, device_ids=ids)
 
@@ -74,6 +111,13 @@ class Engine:
         with self.attn_ctx():
             loss.backward()
         return loss.detach(), nxt
+
+    def agree(self, stop: bool, bad: bool) -> tuple[bool, bool]:
+        """(stop, bad), each True when it is True on any DDP rank (a MAX all-reduce)."""
+        assert self.flags is not None, "agree() is for DDP engines"
+        self.flags[0], self.flags[1] = float(stop), float(bad)
+        dist.all_reduce(self.flags, op=dist.ReduceOp.MAX)
+        return bool(self.flags[0] > 0), bool(self.flags[1] > 0)
 
     def eval_loss(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """The mean loss of a batch, no gradients (call under torch.no_grad, model in eval mode)."""
@@ -108,8 +152,11 @@ class Engine:
         return ", ".join(parts)
 
     def close(self) -> None:
-        """Stop the shard threads and give torch its thread count back; safe to call twice."""
+        """Stop the shard threads and give torch its thread count back, and let go of the DDP
+        wrapper, which holds the process group; safe to call twice."""
         if self.shards is not None:
             self.shards.close()
             self.shards = None
             torch.set_num_threads(self.threads)
+        if isinstance(self.model, DDP):
+            self.model = self.model.module
