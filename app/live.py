@@ -26,10 +26,10 @@ def panel(name: str, live_names: frozenset[str]) -> None:
     now_live = frozenset(r["name"] for r in all_runs if r["state"] in runs.LIVE_STATES)
     if now_live != live_names or (status := next((r for r in all_runs if r["name"] == name), None)) is None:
         st.rerun()
-    st.dataframe(tv.run_rows(all_runs), hide_index=True, width="stretch")
+    st.dataframe(tv.run_rows(all_runs, logged_val=logged_val_losses(all_runs)), hide_index=True, width="stretch")
     logged = resources.metrics_tail(str(status["path"])).update()  # only the new rows are parsed
     fig, points = tv.loss_figure(logged.series, log_y=st.toggle("Log scale", key="_tr_logy"))
-    prog = tv.progress(status, logged.last_tokens_per_s)
+    prog = tv.progress(status, logged.last_tokens_per_s)  # the ETA: the run's own measured rate
     st.caption(tv.status_caption(status["state"], prog, points, live=name in now_live))
     st.progress(prog.fraction)
     if note := tv.status_note(status):
@@ -40,10 +40,25 @@ def panel(name: str, live_names: frozenset[str]) -> None:
         st.caption("No losses yet: the first ones appear after the first logged step.")
     if (it := runs.latest_iter(status["path"])) is not None:
         latest = str(latest_dir(status["path"]))
-        shown, keep = tv.next_sample(st.session_state.get(SAMPLE_KEY), latest, it, time.time(), SAMPLE_EVERY_S,
+        # throttled only while the run goes: once it ended nothing polls, and the full rerun that
+        # follows its end must show the final checkpoint's sample, not keep one from before
+        every = SAMPLE_EVERY_S if name in now_live else 0.0
+        shown, keep = tv.next_sample(st.session_state.get(SAMPLE_KEY), latest, it, time.time(), every,
                                      lambda: resources.run_sample(latest, it))
         if keep:
             st.session_state[SAMPLE_KEY] = shown
-        st.caption(f"Sample from the latest checkpoint (iter {shown[1]}, temperature 0.8; "
-                   f"refreshed at most every {SAMPLE_EVERY_S:.0f} s):")
+        st.caption(f"Sample from the latest checkpoint (iter {shown[1]}, temperature 0.8"
+                   + (f"; refreshed at most every {every:.0f} s):" if every else "):"))
         st.code(shown[3] or " ", language=None)
+
+
+def logged_val_losses(all_runs: list[dict]) -> dict[str, float]:
+    """The last val loss each run logged in metrics.jsonl, for the runs whose status.json has none
+    (a resumed run until its first evaluation): the runs table shows that, not a blank."""
+    out = {}
+    for r in all_runs:
+        if r.get("val_loss") is None and r.get("state") != "unreadable":
+            vals = resources.metrics_tail(str(r["path"])).update().series["val"][1]
+            if vals:
+                out[r["name"]] = vals[-1]
+    return out

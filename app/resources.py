@@ -17,11 +17,12 @@ and mtime), so a rewritten checkpoint is never served stale; every trace key inc
   model_views(loaded)                       embedding PCA and position similarity (per model)
   prompt_loss(loaded, ids), prompt_loss_at(ref, ids), greedy_sample(loaded, ids, n),
   training_example(loaded, ids)             per checkpoint and prompt
-  cpu_tokens_per_s(), metrics_tail(run), run_sample(ckpt, iter)   (Train page)
+  train_estimate(cfg), train_data_default(), metrics_tail(run), run_sample(ckpt, iter)   (Train page)
   clear_caches()                            (tests)
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable, Hashable, Iterable
@@ -44,6 +45,9 @@ from trainers.metrics import MetricsTail
 
 if TYPE_CHECKING:
     from gpt.edit import Edits
+    from trainers.config import TrainConfig
+    from trainers.estimate import Estimate, StepCost
+    from trainers.steptimer import StepTimer
 
 APP_DIR = catalog.REPO / "app"
 MODEL_ERROR = "model_error"  # session_state: why the chosen model could not be loaded
@@ -266,13 +270,86 @@ def greedy_sample(loaded: Loaded, ids: tuple[int, ...], n: int) -> tuple[int, ..
                      lambda: tuple(greedy_continuation(loaded.model, ids, n)))
 
 
-# -- training page ------------------------------------------------------------------------------------
-@st.cache_resource(show_spinner="Measuring this machine's training speed…")
-def cpu_tokens_per_s() -> float:
-    """trainers.estimate.measure_tokens_per_s(), once per process (the Train page's estimates scale it)."""
-    from trainers.estimate import measure_tokens_per_s
+def patch_sweep(loaded: Loaded, source: Loaded | None, clean: tuple[int, ...], corrupt: tuple[int, ...],
+                site: str, answers: tuple[int, int], direction: str = "denoise") -> "PatchResult":
+    """gpt.patching.sweep of logit_diff(*answers) (source None: the model itself), keyed by both
+    checkpoints' ref and stamp, the ids, site, metric and direction. Raises ValueError (bad input)."""
+    from gpt import patching
 
-    return measure_tokens_per_s()
+    src = (source.ref, source.stamp) if source is not None else None
+    key = ("patch", loaded.ref, loaded.stamp, src, tuple(clean), tuple(corrupt), site, ("logit_diff", *answers),
+           direction)
+    return _analysis(key, lambda: patching.sweep(loaded.model, list(clean), list(corrupt), site,
+                                                 patching.logit_diff(*answers),
+                                                 source.model if source is not None else None, direction))
+
+
+def patch_cell_logits(loaded: Loaded, source: Loaded | None, clean: tuple[int, ...], corrupt: tuple[int, ...],
+                      site: str, cell: tuple[int, ...], direction: str = "denoise") -> torch.Tensor:
+    """gpt.patching.patched_logits (T, V) of one clicked cell of patch_sweep, cached the same way."""
+    from gpt import patching
+
+    src = (source.ref, source.stamp) if source is not None else None
+    key = ("patch_cell", loaded.ref, loaded.stamp, src, tuple(clean), tuple(corrupt), site, tuple(cell), direction)
+    return _analysis(key, lambda: patching.patched_logits(loaded.model, list(clean), list(corrupt), site, cell,
+                                                          source.model if source is not None else None, direction))
+
+
+# -- training page ------------------------------------------------------------------------------------
+@functools.cache
+def _step_timer() -> "StepTimer":
+    """The one worker process that times training steps (trainers.steptimer), shared by sessions
+    (it serves one request at a time); it starts on the first request. Not a cache_resource:
+    clearing the caches must not cost a new worker's start (seconds of Python and torch), and
+    what it measures is cached in _step_cost."""
+    from trainers.steptimer import StepTimer
+
+    return StepTimer()
+
+
+def close_step_timer() -> None:
+    """End the step timer's worker if one was started (tests: nothing may outlive their session)."""
+    if _step_timer.cache_info().currsize:
+        _step_timer().close()
+
+
+@st.cache_resource(max_entries=64, show_spinner="Timing a few training steps of this model on this machine…")
+def _step_cost(model: tuple, batch_size: int, threads: int, device: str, cpu_shards: bool) -> "StepCost":
+    from gpt.config import GPTConfig
+
+    return _step_timer().measure(GPTConfig.from_dict(dict(model)), batch_size, threads, device, cpu_shards)
+
+
+def train_estimate(cfg: "TrainConfig") -> "tuple[Estimate, StepCost | None, str | None]":
+    """(trainers.estimate.estimate_run of `cfg`, the StepCost it used, None) with the step timed in
+    the step timer as the run will take it (its thread count, device and CPU shard setting), once
+    per (model shape with its guessed vocabulary, batch, threads, device, shards) and process: the
+    page pays a few seconds once per distinct model. (estimate without time, None, why) when the
+    timing failed; that is not cached, so the next rerun tries again."""
+    from trainers.config import default_threads, resolve_device
+    from trainers.estimate import estimate_run, run_model_config
+
+    shape = tuple(sorted(run_model_config(cfg).to_dict().items()))
+    try:
+        cost = _step_cost(shape, cfg.batch_size, cfg.threads or default_threads(), resolve_device(cfg.device),
+                          cfg.cpu_shards)
+    except RuntimeError as e:
+        return estimate_run(cfg, None), None, str(e)
+    return estimate_run(cfg, cost), cost, None
+
+
+def train_data_default() -> str:
+    """The Train form's first corpus (app.views.training.default_data): the one the bundled model
+    was trained on (its run's config.json), when it is there without the network."""
+    from app.views.training import default_data as choose
+    from gpt.checkpoint import run_of
+    from trainers.data import default_data
+    from trainers.runs import read_json
+
+    run = run_of(catalog.bundled_path())
+    data = (read_json(run / "config.json") or {}).get("data") if run is not None else None
+    name = data.get("name") if isinstance(data, dict) else None
+    return choose(name if isinstance(name, str) else None, default_data())
 
 
 def sample_text(model: GPT, tokenizer: Tokenizer, n_tokens: int = 100, seed: int = 1337) -> str:

@@ -77,6 +77,17 @@ def _hermetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _step_timer_closed() -> Iterator[None]:
+    """The Train page's step timer (a worker process, app.resources) outlives cache clears, since
+    its start costs seconds; it ends with the session."""
+    yield
+    import sys
+
+    if (resources := sys.modules.get("app.resources")) is not None:
+        resources.close_step_timer()
+
+
 # -- a tiny trained run ------------------------------------------------------------------------------
 @pytest.fixture
 def tiny_config() -> "GPTConfig":

@@ -77,15 +77,60 @@ def test_runs_table_and_estimate_follow_the_form(root: Path) -> None:
     table = at.dataframe[0].value
     assert list(table["run"]) == ["tiny-run"] and list(table["state"]) == ["finished"]
     assert "iter 30 / 30" in captions(at) and "points" in captions(at)  # the chart of the finished run
-    before = metric(at, "Parameters"), metric(at, "Rough time"), metric(at, "Memory (training)")
+    before = metric(at, "Parameters"), metric(at, "Estimated time"), metric(at, "Memory (training)")
+    from trainers.config import default_threads
+    assert "Timed here: " in captions(at) and f"on {default_threads()} thread" in captions(at)  # the run's
     at.number_input(key="_tr_n_layer_tiny").set_value(8)
     at.run()
-    after = metric(at, "Parameters"), metric(at, "Rough time"), metric(at, "Memory (training)")
+    after = metric(at, "Parameters"), metric(at, "Estimated time"), metric(at, "Memory (training)")
     assert all(a != b for a, b in zip(before, after)), (before, after)
     assert float(after[0][:-1]) > float(before[0][:-1])
     at.selectbox(key="_tr_preset").set_value("cpu-small")
     at.run()
     assert at.number_input(key="_tr_n_embd_cpu-small").value == 128  # the preset's own values
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_data_defaults_to_the_bundled_models_corpus_when_there_offline(
+        root: Path, monkeypatch: pytest.MonkeyPatch, offline: bool) -> None:
+    """The bundled model was trained on Tiny Shakespeare (its config.json says so): the form starts
+    there when the text is at hand without the network (issue 12: it said Python docs), and on
+    Python docs when it is not (a default must never mean a download)."""
+    import trainers.data
+
+    bundled = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-char"
+    assert runs.read_json(bundled / "config.json")["data"]["name"] == "shakespeare"
+    monkeypatch.setenv("NANOLENS_BUNDLED", str(bundled))
+    monkeypatch.setattr(trainers.data, "_cached_shakespeare", lambda: bundled / "config.json" if offline else None)
+    at = train_page()
+    assert at.selectbox(key="_tr_data").value == ("shakespeare" if offline else "python-docs")
+
+
+def test_a_finished_runs_sample_is_its_final_checkpoints(root: Path) -> None:
+    """Issue 12: the sample under a finished run said "iter 250" after it finished at 300, because
+    the sample was throttled and nothing polls once a run has ended. A sample shown just now from
+    an older checkpoint gives way to the final one."""
+    from gpt.checkpoint import latest_dir
+
+    at = train_page()
+    final = runs.latest_iter(root / "tiny-run")
+    assert final == 30
+    at.session_state["_tr_sample"] = (str(latest_dir(str(root / "tiny-run"))), 20, time.time(), "stale text")
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["_tr_sample"][1] == 30 and "(iter 30, temperature 0.8)" in captions(at)
+    assert at.code[0].value != "stale text"
+
+
+def test_runs_table_shows_the_last_val_loss_after_a_resume(root: Path) -> None:
+    """Issue 12: a resumed run's status.json has no val_loss until it evaluates, and the table said
+    "None". It shows the last val loss the run logged."""
+    run = root / "tiny-run"
+    st_ = runs.read_json(run / "status.json")
+    runs.write_json_atomic(run / "status.json", dict(st_, val_loss=None, best_val_loss=None))
+    last = [r["val_loss"] for r in runs.read_metrics(run) if r.get("val_loss") is not None][-1]
+    at = train_page()
+    assert list(at.dataframe[0].value["val loss"]) == [f"{last:.4f}"]
 
 
 def test_invalid_config_is_refused_before_anything_starts(root: Path) -> None:

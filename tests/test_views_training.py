@@ -1,5 +1,6 @@
-"""app/views/training.py: the form's fields, downsampling, the loss figure, progress, the runs
-table and the page's small decisions (estimates are tests/test_estimate.py's)."""
+"""app/views/training.py: the form's fields and corpus default, the estimate's caption,
+downsampling, the loss figure, progress and its ETA, the runs table and the page's small decisions
+(the estimate's numbers are tests/test_estimate.py's)."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,7 @@ from hypothesis import strategies as hs
 
 from app.views import training as tv
 from trainers.config import PRESETS, preset_values
+from trainers.estimate import Estimate, StepCost
 from trainers.metrics import loss_series
 
 
@@ -35,11 +37,45 @@ def test_resume_args_go_past_the_run() -> None:
     assert tv.resume_args({}) == {"min_value": 1, "value": 2}
 
 
+@pytest.mark.parametrize("bundled, offline, want", [
+    ("shakespeare", "shakespeare", "shakespeare"),  # the bundled model's corpus, there offline
+    ("shakespeare", "python-docs", "python-docs"),  # not there offline: never a download by default
+    ("python-docs", "shakespeare", "python-docs"),  # the bundled model's, always there
+    (None, "shakespeare", "shakespeare"),  # no bundled model: what trainers.data prefers offline
+    (None, "python-docs", "python-docs"),
+    ("file", "shakespeare", "shakespeare"),  # trained on a file: not a choice of the form
+])
+def test_default_data_is_the_bundled_models_corpus_when_there_offline(bundled, offline, want) -> None:
+    assert tv.default_data(bundled, offline) == want and want in tv.DATA_SOURCES
+
+
+def cost(**kw) -> StepCost:
+    base = dict(micro_s=0.2, opt_s=0.01, eval_s=0.07, save_s=0.09, startup_s=5.0, steps=8, rows=12,
+                batch_size=12, threads=1, device="cpu")
+    return StepCost(**{**base, **kw})
+
+
+def test_estimate_caption_says_how_the_time_was_found() -> None:
+    est = Estimate(params=1, memory_bytes=1, tokens=1, tokens_per_s=3657.1, seconds=80.0, eval_seconds=12.0,
+                   startup_seconds=5.0)
+    assert tv.estimate_caption(est, cost()) == (
+        "Timed here: 8 training steps of this model on 1 thread, as the run will use: 210 ms a step, "
+        "3,657 tok/s. Evaluations and checkpoints add 12.0 s, starting the run's process 5.0 s.")
+    assert "(at 4 of its 64 rows, scaled)" in tv.estimate_caption(est, cost(rows=4, batch_size=64, threads=3))
+    assert "on 3 threads" in tv.estimate_caption(est, cost(threads=3))
+    none = Estimate(params=1, memory_bytes=1, tokens=1, tokens_per_s=None, seconds=None)
+    assert tv.estimate_caption(none, None, "timing the step failed: boom") == \
+        "No time estimate: timing the step failed: boom. Starting a run is not affected."
+    assert dict(tv.estimate_cells(none))["Estimated time"] == "—"
+    assert dict(tv.estimate_cells(est))["Estimated time"] == "1 min 20 s"
+
+
 def test_human_formats() -> None:
     assert tv.human_duration(12) == "12 s" and tv.human_duration(75) == "1 min 15 s"
     assert tv.human_duration(7300) == "2 h 1 min" and tv.human_duration(None) == "—"
     assert tv.human_duration(float("nan")) == "—"
     assert tv.human_bytes(512) == "512 B" and tv.human_bytes(3 * 2 ** 20) == "3.0 MiB"
+    assert tv.human_step(0.0213) == "21 ms" and tv.human_step(1.54) == "1.5 s" and tv.human_step(75) == "1 min 15 s"
 
 
 @given(n=hs.integers(0, 6000), m=hs.integers(2, 2000))
@@ -100,14 +136,36 @@ def test_progress_prefers_status_and_drops_eta_when_not_going() -> None:
     assert fresh.fraction == 0.0 and fresh.tokens_per_s is None
 
 
+def test_eta_counts_down_from_the_trainers_measured_figure() -> None:
+    """status.json's eta_s is the trainer's (from the run's own step and eval times, written every
+    log interval); between two writes the page takes off the time since, never below 0."""
+    st_ = {"state": "running", "iter": 50, "max_iters": 200, "eta_s": 30.0, "updated_ts": 1000.0}
+    assert tv.progress(st_, now=1000.0).eta_s == 30.0
+    assert tv.progress(st_, now=1012.5).eta_s == 17.5
+    assert tv.progress(st_, now=1100.0).eta_s == 0.0
+    assert tv.progress(st_, now=990.0).eta_s == 30.0  # a clock behind the writer's adds nothing
+    assert tv.progress(dict(st_, eta_s=None), now=1000.0).eta_s is None  # its first steps: not measured yet
+
+
 def test_run_rows() -> None:
     now = 1_000_000.0
     table = tv.run_rows([{"name": "a", "state": "running", "iter": 10, "max_iters": 100, "val_loss": 2.345678,
                           "preset": "tiny", "data": "python-docs", "updated_ts": now - 75},
                          {"name": "b", "state": "starting"}], now=now)
-    assert table[0] == {"run": "a", "state": "running", "iter": "10 / 100", "val loss": 2.3457,
+    assert table[0] == {"run": "a", "state": "running", "iter": "10 / 100", "val loss": "2.3457",
                         "preset": "tiny", "data": "python-docs", "updated": "1 min 15 s ago"}
-    assert table[1]["iter"] == "— / —" and table[1]["val loss"] is None and table[1]["updated"] == "—"
+    assert table[1]["iter"] == "— / —" and table[1]["val loss"] == "—" and table[1]["updated"] == "—"
+
+
+def test_run_rows_val_loss_after_a_resume() -> None:
+    """A resumed run's status.json has val_loss None until it evaluates (issue 12: the table said
+    "None"): the last val loss it logged shows, else its best, else "—"."""
+    resumed = {"name": "r", "state": "running", "iter": 300, "max_iters": 600, "val_loss": None}
+    assert tv.run_rows([resumed], logged_val={"r": 1.87654})[0]["val loss"] == "1.8765"
+    assert tv.run_rows([dict(resumed, best_val_loss=1.5)], logged_val={"r": 1.87654})[0]["val loss"] == "1.8765"
+    assert tv.run_rows([dict(resumed, best_val_loss=1.5)])[0]["val loss"] == "1.5000"
+    assert tv.run_rows([resumed], logged_val={"other": 1.0})[0]["val loss"] == "—"
+    assert tv.run_rows([dict(resumed, val_loss=2.0)], logged_val={"r": 1.8})[0]["val loss"] == "2.0000"
 
 
 def test_status_caption_and_note() -> None:
@@ -147,6 +205,16 @@ def test_next_sample_redraws_at_most_every_so_often() -> None:
     assert failed[3] == "(no sample yet: OSError)" and not keep  # shown, but retried next time
 
 
+def test_next_sample_of_an_ended_run_is_never_stale() -> None:
+    """every_s=0 (the run ended: nothing polls any more) draws the final checkpoint's sample at
+    once, however recent the shown one is; the same iteration is still not redrawn."""
+    shown = ("ck", 250, 100.0, "from iter 250")
+    assert tv.next_sample(shown, "ck", 300, 100.5, 10.0, lambda: "final")[0] == shown  # live: throttled
+    final, keep = tv.next_sample(shown, "ck", 300, 100.5, 0.0, lambda: "final")
+    assert final == ("ck", 300, 100.5, "final") and keep
+    assert tv.next_sample(final, "ck", 300, 100.6, 0.0, lambda: "again")[0] == final
+
+
 def test_is_within(tmp_path) -> None:
     run = tmp_path / "run"
     assert tv.is_within(str(run), run) and tv.is_within(str(run / "snapshots" / "iter_0000010"), run)
@@ -158,7 +226,7 @@ def test_views_take_whatever_a_run_folder_held() -> None:
     of the wrong type shows as "—" (or 0) rather than failing, and an unreadable run says why."""
     junk = {"name": "j", "state": "running", "iter": "abc", "max_iters": [1], "val_loss": "low",
             "best_val_loss": True, "updated_ts": "soon", "tokens_per_s": "fast", "eta_s": {}, "preset": 3}
-    assert tv.run_rows([junk], now=10.0)[0] == {"run": "j", "state": "running", "iter": "— / —", "val loss": None,
+    assert tv.run_rows([junk], now=10.0)[0] == {"run": "j", "state": "running", "iter": "— / —", "val loss": "—",
                                                 "preset": "3", "data": "—", "updated": "—"}
     prog = tv.progress(junk, logged_tokens_per_s=5.0)
     assert (prog.iter, prog.max_iters, prog.fraction, prog.tokens_per_s, prog.eta_s) == (0, 0, 0.0, 5.0, None)

@@ -31,11 +31,14 @@ from trainers import runs
 from trainers.config import (RUN_CONFIG_FILE, TrainConfig, check_config, get_lr, is_snapshot_iter,
                              resolve_device, vocab_bound)
 from trainers.data import Corpus, default_data
+from trainers.estimate import remaining_seconds
 from trainers.engine import Engine, end_process_group, start_process_group
 from trainers.runfolder import (RunWriteError, disk_full, has_trained, truncate_metrics, write_failure,
                                 write_json_in_place)
 from trainers.runlock import RunLock
 from trainers.step import DeferredStep
+
+ETA_WARMUP = 2  # the first steps of a process are slow (allocations, caches): the ETA leaves them out
 
 
 @dataclass
@@ -144,6 +147,8 @@ class Trainer:
         self.start_iter, self.best_val, self.elapsed_prev = 0, math.inf, 0.0
         self.last_val: float | None = None
         self.last_train: float | None = None
+        self.eval_round_s: float | None = None  # the last evaluation, checkpoints included (the ETA's)
+        self.snapshot_s = 0.0  # the last snapshot save
         run_cfg = runs.read_json(self.run_dir / RUN_CONFIG_FILE) if self.resumed else None
         if self.resumed:
             latest = ckpt.latest_dir(self.run_dir)
@@ -316,18 +321,23 @@ class Trainer:
     def _loop(self) -> dict[str, Any]:
         cfg, it = self.cfg, self.start_iter
         tokens_per_iter = cfg.grad_accum * cfg.batch_size * self.model_cfg.block_size
-        t_train, t_log, it_log = time.perf_counter(), 0.0, it
+        t_log, it_log = 0.0, it
+        steps_s, steps_n = 0.0, 0  # the ETA's measured step time (after ETA_WARMUP steps)
         X, Y = self._batch()
         while True:
             if it != self.start_iter or not self.resumed:
                 if self._eval_due(it):
+                    t_eval = time.perf_counter()
                     bad = self.master and not self._evaluate(it)  # rank 0 evaluates
                     if self.ddp:  # the others learn of it here, before anyone steps
                         bad = self._agree(False, bad)[1]
                     if bad:
                         return self._fail(it, math.nan)
+                    self.eval_round_s = time.perf_counter() - t_eval
                 if self.master and cfg.snapshots and (is_snapshot_iter(it) or it == cfg.max_iters):
+                    t_snap = time.perf_counter()
                     self._save(ckpt.snapshot_dir(self.run_dir, it), it, with_optimizer=False)
+                    self.snapshot_s = time.perf_counter() - t_snap
             if it >= cfg.max_iters:
                 self._write_status("finished", iter=it, message=f"finished at iter {it}", eta_s=0)
                 return self.status
@@ -355,7 +365,10 @@ class Trainer:
                     return self._fail(bad_it, bad_loss)
             else:
                 stop = False  # (only DDP gets here with a stop request: ranks act on it together)
-            t_log += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            t_log += dt
+            if it - self.start_iter > ETA_WARMUP:
+                steps_s, steps_n = steps_s + dt, steps_n + 1
             if self.master and logged:
                 lossf = self.last_train
                 done = it - it_log
@@ -365,10 +378,8 @@ class Trainer:
                 runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
                 if self.cb.on_log:
                     self.cb.on_log(row)
-                per_iter = (time.perf_counter() - t_train) / max(1, it - self.start_iter)
                 self._write_status("stopping" if stop else "running", iter=it, train_loss=lossf,
-                                   tokens_per_s=round(tps, 1),
-                                   eta_s=round(per_iter * (cfg.max_iters - it), 1))
+                                   tokens_per_s=round(tps, 1), eta_s=self._eta(it, steps_s, steps_n))
                 t_log, it_log = 0.0, it
             if stop:
                 if self.master:
@@ -379,6 +390,19 @@ class Trainer:
                 self._say(msg)
                 self._write_status("stopped", iter=it, message=msg, eta_s=None)
                 return self.status
+
+    def _eta(self, it: int, steps_s: float, steps_n: int) -> float | None:
+        """Seconds left, from this run's own measured step time (None until ETA_WARMUP steps are
+        behind it), its last evaluation and snapshot times (a resumed run that has not evaluated
+        yet counts an eval batch as a third of a step)."""
+        if not steps_n:
+            return None
+        cfg, step_s = self.cfg, steps_s / steps_n
+        eval_s = self.eval_round_s
+        if eval_s is None:
+            eval_s = 2 * cfg.eval_iters * step_s / 3
+        return round(remaining_seconds(it, cfg.max_iters, cfg.eval_interval, step_s, eval_s,
+                                       self.snapshot_s if cfg.snapshots else 0.0), 1)
 
     # -- the step and its deferred checks ---------------------------------------------------------
     def _eval_due(self, it: int) -> bool:

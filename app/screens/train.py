@@ -10,7 +10,7 @@ import streamlit as st
 from app import catalog, live, resources, state, uploads
 from app.views import training as tv
 from gpt.checkpoint import latest_dir
-from trainers import estimate, runs
+from trainers import runs
 from trainers.config import TrainConfig, check_config, cpu_cores, default_threads, preset_values
 
 K, MSG, POLL_S = "_tr_", "_tr_msg", 1.0  # MSG: (level, text) shown after an action
@@ -40,8 +40,7 @@ def on_start() -> None:
             Path(data_file).unlink(missing_ok=True)
         ss[MSG] = ("error", f"Nothing started: {e}")
         return
-    ss[MSG] = ("success", f"Started run {ss[K + 'selected']}. It trains in the background: leaving this page "
-                          "does not stop it.")
+    ss[MSG] = ("success", f"Started run {ss[K + 'selected']}: it trains in the background, even after you leave.")
 
 
 def on_run(action: str, name: str) -> None:
@@ -72,7 +71,8 @@ def on_run(action: str, name: str) -> None:
 def new_run_form() -> None:
     c1, c2, c3 = st.columns(3)
     preset = c1.selectbox("Preset", list(runs.PRESETS), key=K + "preset", help=tv.PRESET_HELP)
-    c2.selectbox("Data", list(tv.DATA_SOURCES), format_func=tv.DATA_SOURCES.get, key=K + "data", index=1)
+    c2.selectbox("Data", list(tv.DATA_SOURCES), format_func=tv.DATA_SOURCES.get, key=K + "data",
+                 index=list(tv.DATA_SOURCES).index(resources.train_data_default()))  # the bundled model's
     c3.selectbox("Tokenizer", ["char", "gpt2"], key=K + "tokenizer", help=tv.TOKENIZER_HELP)
     if ss.get(K + "data") == "upload":
         st.file_uploader("Training text (.txt, UTF-8)", type=["txt"], key=K + "upload")
@@ -85,10 +85,10 @@ def new_run_form() -> None:
     except ValueError as e:
         st.error(str(e))
     else:
-        est = estimate.estimate_run(cfg, ref_tps := resources.cpu_tokens_per_s())
+        est, cost, err = resources.train_estimate(cfg)  # a few real steps, timed once per model
         for col, (label, value) in zip(st.columns(4), tv.estimate_cells(est)):
             col.metric(label, value)
-        st.caption(tv.estimate_caption(ref_tps, est.tokens_per_s))
+        st.caption(tv.estimate_caption(est, cost, err))
     st.button("Start training", key=K + "start", type="primary", on_click=on_start)
 
 
@@ -121,7 +121,7 @@ with st.expander("New run", expanded=not runs.list_runs()):
     new_run_form()
 st.subheader("Runs")
 if not (all_runs := runs.list_runs()):
-    st.caption("No runs yet. Start one above: the tiny preset on Python docs trains in well under a minute.")
+    st.caption("No runs yet. Start one above: the tiny preset trains in well under a minute.")
     st.stop()
 if ss.get(K + "selected") not in (names := [r["name"] for r in all_runs]):
     ss[K + "selected"] = names[0]

@@ -1,6 +1,7 @@
-"""What the Train page shows, as pure functions: the form's fields, the runs table, progress
-(tokens/s, ETA), the live loss chart (downsampled) and when to draw a new sample. No Streamlit
-here and no trainers/ import: the page passes in what it read (estimates are trainers.estimate's).
+"""What the Train page shows, as pure functions: the form's fields and its corpus default, the
+estimate's cells and caption, the runs table, progress (tokens/s, ETA), the live loss chart
+(downsampled) and when to draw a new sample. No Streamlit here and no trainers/ import: the page
+passes in what it read (estimates and step costs are trainers.estimate's Estimate and StepCost).
 """
 from __future__ import annotations
 
@@ -54,15 +55,41 @@ def resume_args(status: dict[str, Any]) -> dict[str, Any]:
     return dict(min_value=it + 1, value=mx if mx > it else 2 * max(it, 1))
 
 
+def default_data(bundled: str | None, offline: str) -> str:
+    """The Data field's first value: the corpus the bundled model was trained on (`bundled`, read
+    from its run's config.json) when that is a built-in corpus available without the network,
+    else `offline` (trainers.data.default_data(): Tiny Shakespeare when it is there offline, else
+    Python docs). Python docs is always there; Tiny Shakespeare only when `offline` says so."""
+    if bundled is not None and bundled in (offline, "python-docs"):
+        return bundled
+    return offline
+
+
 def estimate_cells(est: Any) -> list[tuple[str, str]]:
-    """(label, value) of the four estimate metrics, from a trainers.estimate.Estimate."""
+    """(label, value) of the four estimate metrics, from a trainers.estimate.Estimate (its
+    seconds None: the step could not be timed)."""
     return [("Parameters", f"{est.params / 1e6:.2f}M"), ("Memory (training)", human_bytes(est.memory_bytes)),
-            ("Rough time", human_duration(est.seconds)), ("Tokens", f"{est.tokens / 1e6:.2f}M")]
+            ("Estimated time", human_duration(est.seconds)), ("Tokens", f"{est.tokens / 1e6:.2f}M")]
 
 
-def estimate_caption(ref_tps: float, tps: float) -> str:
-    return (f"Time is scaled from this machine's measured speed on the tiny model ({ref_tps:,.0f} tok/s) "
-            f"by FLOPs per token; about {tps:,.0f} tok/s expected here. A rough guide.")
+def human_step(s: float) -> str:
+    """A step's duration: 0.0213 -> "21 ms", 1.5 -> "1.5 s", 75 -> "1 min 15 s"."""
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    return f"{s:.1f} s" if s < 60 else human_duration(s)
+
+
+def estimate_caption(est: Any, cost: Any | None, error: str | None = None) -> str:
+    """How the time was found, from the Estimate and the trainers.estimate.StepCost it came from;
+    or why there is none (`error`)."""
+    if cost is None or est.seconds is None:
+        return f"No time estimate: {error or 'the step was not timed'}. Starting a run is not affected."
+    threads = f"{cost.threads} thread{'s' if cost.threads != 1 else ''}"
+    rows = "" if cost.rows == cost.batch_size else f" (at {cost.rows} of its {cost.batch_size} rows, scaled)"
+    return (f"Timed here: {cost.steps} training steps of this model on {threads}, as the run will use"
+            f"{rows}: {human_step(cost.micro_s + cost.opt_s)} a step, "
+            f"{est.tokens_per_s:,.0f} tok/s. Evaluations and checkpoints add {human_step(est.eval_seconds)}, "
+            f"starting the run's process {human_step(est.startup_seconds)}.")
 
 
 def human_bytes(n: float) -> str:
@@ -95,19 +122,23 @@ def state_label(r: dict[str, Any]) -> str:
     return state
 
 
-def run_rows(runs: Sequence[dict[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
+def run_rows(runs: Sequence[dict[str, Any]], now: float | None = None,
+             logged_val: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """One row per run (trainers.runs.list_runs dicts) for the runs table; a value of the wrong
-    type shows as "—" rather than failing."""
+    type shows as "—" rather than failing. Val loss: status.json's, else the last one the run
+    logged (`logged_val` by run name: a resumed run's status has none until it evaluates), else
+    its best, else "—"."""
     now = time.time() if now is None else now
     out = []
     for r in runs:
         it, mx = _count(r.get("iter")), _count(r.get("max_iters"))
         val = _number(r.get("val_loss"))
-        val = _number(r.get("best_val_loss")) if val is None else val
+        for fallback in ((logged_val or {}).get(str(r.get("name"))), r.get("best_val_loss")):
+            val = _number(fallback) if val is None else val
         ts = _number(r.get("updated_ts"))
         out.append({"run": str(r.get("name")), "state": state_label(r),
                     "iter": f"{it if it is not None else '—'} / {mx if mx is not None else '—'}",
-                    "val loss": round(val, 4) if val is not None else None,
+                    "val loss": f"{val:.4f}" if val is not None else "—",
                     "preset": str(r.get("preset") or "—"), "data": str(r.get("data") or "—"),
                     "updated": f"{human_duration(now - ts)} ago" if ts is not None else "—"})
     return out
@@ -122,15 +153,21 @@ class Progress:
     eta_s: float | None
 
 
-def progress(status: dict[str, Any], logged_tokens_per_s: float | None = None) -> Progress:
+def progress(status: dict[str, Any], logged_tokens_per_s: float | None = None,
+             now: float | None = None) -> Progress:
     """Where a run is: status.json's iter/max_iters/tokens_per_s/eta_s, falling back to the last
-    logged tokens_per_s (trainers.metrics.Metrics.last_tokens_per_s). A run that is not going has
-    no ETA."""
+    logged tokens_per_s (trainers.metrics.Metrics.last_tokens_per_s). The ETA is the trainer's,
+    from the run's own measured step and eval times (None for its first steps), less the time
+    since status.json was written (it is rewritten every log interval). A run that is not going
+    has no ETA."""
     it, mx = _count(status.get("iter")) or 0, _count(status.get("max_iters")) or 0
     tps = _number(status.get("tokens_per_s"))
     if tps is None:
         tps = logged_tokens_per_s
     eta = _number(status.get("eta_s")) if status.get("state") in ("starting", "running", "stopping") else None
+    written = _number(status.get("updated_ts"))
+    if eta is not None and written is not None:
+        eta = max(0.0, eta - max(0.0, (time.time() if now is None else now) - written))
     return Progress(iter=it, max_iters=mx, fraction=min(1.0, it / mx) if mx else 0.0,
                     tokens_per_s=tps, eta_s=eta)
 
@@ -201,9 +238,11 @@ def next_sample(shown: tuple | None, ckpt: str, it: int, now: float, every_s: fl
                 draw: Callable[[], str]) -> tuple[tuple, bool]:
     """(the sample to show now as (checkpoint, iter, when, text), whether to keep it as `shown`
     for the next call). A new sample costs a checkpoint load and 100 tokens on the server, so a
-    run that evaluates every second gets one at most every `every_s` seconds; `shown` stays
-    while its checkpoint and iteration do. A failed draw (a checkpoint replaced mid-read) is
-    shown but not kept, so the next call tries again."""
+    live run that evaluates every second gets one at most every `every_s` seconds; `shown` stays
+    while its checkpoint and iteration do. Pass every_s=0 once the run has ended: nothing polls
+    then, so a throttled sample would stay stale for good (issue 12: "iter 250" under a run
+    finished at 300). A failed draw (a checkpoint replaced mid-read) is shown but not kept, so
+    the next call tries again."""
     if shown and shown[0] == ckpt and (shown[1] == it or now - shown[2] < every_s):
         return shown, True
     try:
