@@ -1,18 +1,36 @@
 """Generation as a session: the sequence so far, stepped, undone, reset or forced, for the Generate
 and Walkthrough pages alike.
 
-`GenerationSession(store, key)` keeps a `GenState` (plain data: ids, Steps, timings) under `key`
-in a mapping (st.session_state on a page, a dict in tests) and the gpt.generate.Generator with its
-KV cache under `key + "_generator"`. `sync` is called once per rerun with the model, prompt,
-settings and edit in hand; it decides when the Generator must be rebuilt (another model, prompt,
-edit or settings) and carries the sequence over. step / back / reset / force are meant for button
-callbacks, which run before the page script, so the page always draws the new state. No Streamlit.
+`GenerationSession(store, key)` keeps a `GenState` (plain data: ids, Steps, timings) and the
+gpt.generate.Generator with its KV cache in one `Live` object under `key + "_live"` in a mapping
+(st.session_state on a page, a dict in tests), and mirrors the state as a dict under `key` after
+each `sync`. `sync` is called once per rerun with the model, prompt, settings and edit in hand; it
+decides when the Generator must be rebuilt (another model, prompt, edit or settings) and carries the
+sequence over. step / back / reset / force are meant for button callbacks, which run before the
+page script, so the page always draws the new state. No Streamlit.
+
+Two threads, one session (issue 13.1). With Streamlit's fast reruns (runner.fastReruns, on by
+default) a click during a rerun stops that rerun and starts a new one at once: the new run's
+callbacks and script then run while the old thread is still inside its callback. So:
+- every method takes the Live's lock, so each call acts as if alone: no exception, and no click
+  whose callback runs is lost;
+- the methods a callback calls never touch the store: in a rerun that was told to stop, each
+  st.session_state access raises StopException, which would cut a ten-token step short after its
+  Generator had moved and before its state was saved. The session holds the Live itself, fetched
+  once by the constructor in the page script (where such an exception is harmless);
+- `held()` makes the Live once per store, even when two reruns ask at the same moment.
+Any page whose callbacks change objects kept in session state (patching, steering, training buttons)
+needs the same three things; `held` is written to be reused. What no app code can fix: two clicks
+of one button that reach the server before the first one's rerun has begun are one click to
+Streamlit (the newer rerun replaces the older before its callbacks run, with fast reruns on or off);
+on a loaded machine the browser can deliver two clicks 40 ms apart that close (BENCHMARKS.md).
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any, MutableMapping, Sequence, TypeVar
 
 import torch
 
@@ -23,6 +41,8 @@ if TYPE_CHECKING:
     from gpt.edit import Edits
 
 KEEP_ATTENTION = 32  # generated steps whose attention rows stay in the session (for Back)
+T = TypeVar("T")
+_MAKING = threading.Lock()  # one creator at a time in held(), across every session
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,11 @@ class GenState:
     @property
     def n_new(self) -> int:
         return len(self.ids) - len(self.prompt)
+
+    def copy(self) -> "GenState":
+        """A copy whose lists can change without changing this one (the Steps are shared: nothing
+        changes a Step in place)."""
+        return GenState.from_dict(self.to_dict())
 
 
 def sync_generator(gen: Generator | None, state: GenState, model: torch.nn.Module, ref: str,
@@ -115,79 +140,120 @@ def undo_step(state: GenState) -> None:
         state.ms.pop()
 
 
+def held(store: MutableMapping[str, Any], key: str, kind: type[T]) -> T:
+    """The `kind` object under store[key], made by `kind()` and put there when absent (or of another
+    kind). Two reruns of one session asking at the same moment get the same object: making it is
+    serialised, so neither can replace the one whose methods the other's buttons already call."""
+    got = store.get(key)
+    if not isinstance(got, kind):
+        with _MAKING:
+            got = store.get(key)
+            if not isinstance(got, kind):
+                got = kind()
+                store[key] = got
+    return got
+
+
+class Live:
+    """One generation's mutable parts, changed only under `lock`: the Generator (None until the
+    first sync), the state, and the newest Step with its logits and Settings (see
+    GenerationSession.last)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.gen: Generator | None = None
+        self.state = GenState()
+        self.last: tuple[str, tuple[int, ...], Step, Settings] | None = None
+
+
 class GenerationSession:
-    """One page's generation: its GenState under `key` in `store`, its Generator beside it.
-    `last` is the newest Step with its logits and the Settings it was drawn with (the Walkthrough
-    explains it); GenState keeps neither, to stay small."""
+    """One page's generation: a Live under `key + "_live"` in `store`, and a dict copy of its state
+    under `key` as of the last sync (what the page drew; AppTest reads it). `last` is the newest
+    Step with its logits and the Settings it was drawn with (the Walkthrough explains it); GenState
+    keeps neither, to stay small.
+
+    Only the constructor and `sync` touch `store`; step / back / reset / force / state / last work
+    on the Live alone, under its lock, so they are safe as callbacks of a rerun that is being
+    stopped and from two threads at once (module docstring)."""
 
     def __init__(self, store: MutableMapping[str, Any], key: str, top_k_shown: int = 10) -> None:
         self.store, self.key, self.k = store, key, top_k_shown
-        self.gen_key, self.last_key = key + "_generator", key + "_last"
+        self.live: Live = held(store, key + "_live", Live)
 
     @property
     def state(self) -> GenState:
-        return GenState.from_dict(self.store.get(self.key))
+        """A copy of the state now (it does not change when the session does)."""
+        with self.live.lock:
+            return self.live.state.copy()
+
+    @property
+    def generator(self) -> Generator | None:
+        """The Generator in use (None before the first sync); read-only use."""
+        return self.live.gen
 
     def sync(self, loaded: Loaded, prompt: Sequence[int], settings: Settings,
              edit: "Edits | None" = None) -> GenState:
-        """The state to draw on this rerun, for this model, prompt, settings and edit."""
+        """The state to draw on this rerun, for this model, prompt, settings and edit (a copy)."""
         ref = f"{loaded.ref}@{loaded.stamp}#{edit_key(edit)}"
-        gen, gs = sync_generator(self.store.get(self.gen_key), self.state, loaded.model, ref, prompt,
-                                 settings, edit)
-        self.store[self.gen_key] = gen
-        self._save(gs)
+        live = self.live
+        with live.lock:
+            live.gen, live.state = sync_generator(live.gen, live.state, loaded.model, ref, prompt, settings, edit)
+            gs = live.state.copy()
+            # under the lock, so an older run cannot overwrite a newer copy; in a stopped run this
+            # raises, with the Live already consistent
+            self.store[self.key] = gs.to_dict()
         return gs
 
-    def _save(self, gs: GenState) -> None:
-        self.store[self.key] = gs.to_dict()
+    def _generator(self) -> Generator:
+        if self.live.gen is None:
+            raise RuntimeError("GenerationSession.sync must run before the first step")
+        return self.live.gen
 
-    def _objs(self) -> tuple[Generator, GenState]:
-        return self.store[self.gen_key], self.state
-
-    def _advance(self, gen: Generator, gs: GenState, force: int | None = None) -> None:
+    def _advance(self, force: int | None = None) -> None:
+        live = self.live
         t0 = time.perf_counter()
-        step = gen.step(force=force, k=self.k)
-        record_step(gs, step, (time.perf_counter() - t0) * 1000)
-        self.store[self.last_key] = (gs.ref, gs.prompt, step, gs.settings)
+        step = self._generator().step(force=force, k=self.k)
+        record_step(live.state, step, (time.perf_counter() - t0) * 1000)
+        live.last = (live.state.ref, live.state.prompt, step, live.state.settings)
 
     def step(self, n: int = 1) -> None:
         """Draw `n` tokens."""
-        gen, gs = self._objs()
-        for _ in range(n):
-            self._advance(gen, gs)
-        self._save(gs)
+        with self.live.lock:
+            for _ in range(n):
+                self._advance()
 
     def back(self) -> None:
         """Drop the last generated token (nothing happens at the prompt)."""
-        gen, gs = self._objs()
-        if gs.n_new > 0:
-            gen.back()
-            undo_step(gs)
-            self.store.pop(self.last_key, None)
-            self._save(gs)
+        with self.live.lock:
+            gs = self.live.state
+            if gs.n_new > 0:
+                self._generator().back()
+                undo_step(gs)
+                self.live.last = None
 
     def reset(self) -> None:
         """Back to the prompt."""
-        gen, gs = self._objs()
-        gen.reset()
-        self.store.pop(self.last_key, None)
-        self._save(GenState(ref=gs.ref, prompt=gs.prompt, settings=gs.settings, ids=list(gs.prompt)))
+        with self.live.lock:
+            gs = self.live.state
+            self._generator().reset()
+            self.live.last = None
+            self.live.state = GenState(ref=gs.ref, prompt=gs.prompt, settings=gs.settings, ids=list(gs.prompt))
 
     def force(self, token: int) -> None:
         """Replace the last generated token by `token` (drawn from the same distribution)."""
-        gen, gs = self._objs()
-        if gs.n_new <= 0:
-            return
-        gen.back()
-        undo_step(gs)
-        self._advance(gen, gs, force=token)
-        self._save(gs)
+        with self.live.lock:
+            gs = self.live.state
+            if gs.n_new <= 0:
+                return
+            self._generator().back()
+            undo_step(gs)
+            self._advance(force=token)
 
     def last(self) -> tuple[Step, Settings] | None:
         """The newest step with its logits and the settings it was drawn with, while it is still
         the last token of this model's and prompt's sequence (None after back, reset or a change)."""
-        got = self.store.get(self.last_key)
-        gs = self.state
-        if got is None or got[:2] != (gs.ref, gs.prompt) or got[2].pos != len(gs.ids) - 1:
-            return None
-        return got[2], got[3]
+        with self.live.lock:
+            got, gs = self.live.last, self.live.state
+            if got is None or got[:2] != (gs.ref, gs.prompt) or got[2].pos != len(gs.ids) - 1:
+                return None
+            return got[2], got[3]

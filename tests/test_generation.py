@@ -21,6 +21,7 @@ torch.set_num_threads(1)
 V = 40
 TOK = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz0123456789.,;:"))
 PROMPT = (1, 2, 3)
+PROMPT_IDS = list(PROMPT)
 SETTINGS = [ag.Settings(temperature=1.0, seed=7), ag.Settings(temperature=0.8, top_k=5, seed=1),
             ag.Settings(temperature=1.3, top_p=0.9, seed=2), ag.Settings(temperature=0.0)]
 
@@ -148,13 +149,15 @@ def test_last_is_the_newest_step_with_its_logits(model: GPT) -> None:
 def test_sync_starts_over_or_keeps_the_tokens(model: GPT) -> None:
     s, store = session(model)
     s.step(3)
-    gen = store["gen_generator"]
+    gen = s.generator
+    assert store["gen"]["ids"] == PROMPT_IDS  # the dict under the key is the state as of the last sync
     st = s.sync(loaded_of(model), PROMPT, SETTINGS[0])  # a rerun: nothing changes
-    assert store["gen_generator"] is gen and st.ids == gen.ids and st.n_new == 3
+    assert s.generator is gen and st.ids == gen.ids and st.n_new == 3
+    assert store["gen"]["ids"] == st.ids and store["gen"]["steps"] == st.steps
     kept = st.ids
     st = s.sync(loaded_of(model), PROMPT, SETTINGS[1])  # other settings: same tokens, new Generator
     assert st.ids == kept and len(st.steps) == 3 and st.settings == SETTINGS[1]
-    assert store["gen_generator"] is not gen
+    assert s.generator is not gen
     s.step()  # drawn with the new settings, from a freshly seeded RNG, after the kept tokens
     ref = Generator(model, kept, **SETTINGS[1].generator_kwargs())
     assert s.state.ids == kept + [ref.step().token]
@@ -174,7 +177,7 @@ def test_an_edit_starts_over_and_generates_as_full_recompute_under_it(model: GPT
     prompt = tuple(torch.randint(V, (B - 3,), generator=torch.Generator().manual_seed(5)).tolist())
     st = s.sync(loaded_of(model), PROMPT, SETTINGS[0], edit)
     assert st.ref != plain_ref and st.ids == list(PROMPT)  # another edit: start over
-    assert store["gen_generator"].edit is edit
+    assert s.generator.edit is edit
     assert s.sync(loaded_of(model), PROMPT, SETTINGS[0], zero_head(0, 1)).ref != st.ref  # another edit
     assert s.sync(loaded_of(model), PROMPT, SETTINGS[0], Edits()).ref == plain_ref  # empty: no edit
     s.sync(loaded_of(model), prompt, SETTINGS[0], edit)
@@ -187,3 +190,150 @@ def test_an_edit_starts_over_and_generates_as_full_recompute_under_it(model: GPT
         assert not torch.allclose(want, full_logits(model, context), atol=1e-4)  # the edit matters
     assert s.state.steps[-1].cropped
     assert s.state.ids == generate(model, prompt, 6, use_cache=False, edit=edit, **SETTINGS[0].generator_kwargs())
+
+
+# -- concurrency: issue 13.1 -------------------------------------------------------------------------
+def check_consistent(model: GPT, s: ag.GenerationSession, store: dict[str, Any]) -> ag.GenState:
+    """Every kept step was drawn from the distribution full recompute gives after the tokens before
+    it, at its own position, and the Generator agrees with the state: nothing half-done survived."""
+    st = s.state
+    assert len(st.steps) == len(st.ms) == st.n_new
+    assert [x.pos for x in st.steps] == list(range(len(st.prompt), len(st.ids)))
+    assert [x.token for x in st.steps] == st.ids[len(st.prompt):]
+    for x in st.steps:
+        probs = sampling_distribution(full_logits(model, st.ids[:x.pos]), 1.0)
+        torch.testing.assert_close(x.top_probs, torch.topk(probs, 10).values, atol=1e-5, rtol=1e-4)
+    s.step()  # and the Generator carries on from exactly these tokens
+    torch.testing.assert_close(s.last()[0].logits, full_logits(model, st.ids), atol=1e-5, rtol=1e-4)
+    return st
+
+
+def test_two_threads_hammering_one_session_lose_nothing_and_break_nothing(model: GPT) -> None:
+    """Streamlit's fast reruns run a new click's callback while the previous run's thread is still
+    stepping, so two threads call one session at once. Each call must act as if alone: no exception,
+    every token counted (12 per round below), and a state and KV cache that agree with full
+    recompute. One thread steps 10 at a time; the other steps, forces, backs and re-syncs."""
+    import sys
+    import threading
+
+    s, store = session(model)
+    rounds, errors = 12, []
+    start = threading.Barrier(2)
+
+    def tens() -> None:
+        start.wait()
+        for _ in range(rounds):
+            s.step(10)
+
+    def mixed() -> None:
+        start.wait()
+        for i in range(rounds):
+            s.step(1)
+            s.force(i % V)  # replaces the newest token, whichever thread drew it: the count stays
+            s.sync(loaded_of(model), PROMPT, SETTINGS[0])  # a rerun's script: no change
+            s.back()  # this thread's step above keeps n_new >= 1, so one token goes
+            s.step(2)
+
+    def guarded(fn):
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 -- reported below, in the test's thread
+                errors.append(e)
+        return run
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, so the calls interleave
+    try:
+        threads = [threading.Thread(target=guarded(f)) for f in (tens, mixed)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, f"{len(errors)} call(s) raised, first: {errors[0]!r}"
+    st = check_consistent(model, s, store)
+    assert st.n_new == rounds * (10 + 1 - 1 + 2)
+
+
+class StoppedRun(Exception):
+    """What Streamlit raises (StopException) at a session-state access in a rerun told to stop."""
+
+
+class StoppingStore(dict):
+    """A store as st.session_state behaves in a rerun that a newer click has stopped: once
+    `stopped`, every access raises, as each access there is a yield point."""
+
+    stopped = False
+
+    def _check(self) -> None:
+        if self.stopped:
+            raise StoppedRun("this rerun was stopped")
+
+    def __getitem__(self, k: str) -> Any:
+        self._check()
+        return super().__getitem__(k)
+
+    def __setitem__(self, k: str, v: Any) -> None:
+        self._check()
+        super().__setitem__(k, v)
+
+    def get(self, k: str, default: Any = None) -> Any:
+        self._check()
+        return super().get(k, default)
+
+    def pop(self, k: str, *default: Any) -> Any:
+        self._check()
+        return super().pop(k, *default)
+
+
+def test_callbacks_of_a_stopped_rerun_finish_without_touching_the_store(model: GPT) -> None:
+    """A click's callback still running when the next click stops its rerun must finish its work:
+    step / back / force / reset never access the store (where Streamlit would raise mid-way, after
+    the Generator moved and before the state was saved), and the next sync sees every token."""
+    store = StoppingStore()
+    s = ag.GenerationSession(store, "gen")
+    s.sync(loaded_of(model), PROMPT, SETTINGS[0])
+    s.step(2)
+    store.stopped = True  # the newer click arrives here
+    s.step(10)
+    s.back()
+    s.force(5)
+    assert s.state.n_new == 11 and s.last()[0].token == 5
+    store.stopped = False
+    st = s.sync(loaded_of(model), PROMPT, SETTINGS[0])  # the newer rerun's script
+    assert st.n_new == 11 and store["gen"]["ids"] == st.ids and s.generator.ids == st.ids
+    check_consistent(model, s, store)
+    store.stopped = True
+    s.reset()
+    store.stopped = False
+    assert s.sync(loaded_of(model), PROMPT, SETTINGS[0]).ids == PROMPT_IDS
+
+
+def test_two_reruns_making_the_session_at_once_share_one(model: GPT) -> None:
+    """The first visit's two reruns (a click during the first run) both construct the page's
+    session: they must get the same Live, or one run's buttons would step a copy nobody draws."""
+    import threading
+    import time
+
+    class SlowStore(dict):  # a session-state read takes a while after it looked (a yield check, ...)
+        def get(self, k: str, default: Any = None) -> Any:
+            got = super().get(k, default)
+            time.sleep(0.001)
+            return got
+
+    for _ in range(5):
+        store = SlowStore()
+        start, got = threading.Barrier(4), []
+
+        def make() -> None:
+            start.wait()
+            got.append(ag.GenerationSession(store, "gen").live)
+
+        threads = [threading.Thread(target=make) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(got) == 4 and all(x is store["gen_live"] for x in got)

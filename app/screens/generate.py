@@ -2,8 +2,9 @@
 from and where the model looked, step back, or force another token.
 
 Widgets and layout only. The sequence and its Generator live in an app.generation.GenerationSession
-(under st.session_state["gen"]); the buttons call it in callbacks, which run before the script, so
-the page below always shows the new state.
+(st.session_state["gen_live"], mirrored as a dict in ["gen"]); the buttons call it in callbacks,
+which run before the script, so the page below always shows the new state. A click during a rerun
+is safe: the session locks, and its callbacks never touch st.session_state (app/generation.py).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def last_step(view: vg.GenerateView, gs: GenState, token_str: Callable[[int], st
 
 st.title("Generate")
 loaded = resources.require_model()
+components.interventions.banner()  # the edit Generate steps under (ss["edit"] below)
 p = components.prompt_box(loaded, NAMES)
 gs = session.sync(loaded, p.ids, settings_box(loaded.config.vocab_size), ss.get(state.EDIT))
 
@@ -72,6 +74,7 @@ t0 = time.perf_counter()
 view = vg.build(gs, loaded.tokenizer.token_str)
 ms = (time.perf_counter() - t0) * 1000
 st.markdown(view.text, unsafe_allow_html=True)
+components.token_legend()
 timing = ""
 if gs.ms:
     how = "window slid: full recompute" if gs.steps[-1].cropped else "KV cache"

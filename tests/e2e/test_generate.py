@@ -3,10 +3,11 @@ alternative token can be forced in place of the last one. Screenshot: test-artif
 from __future__ import annotations
 
 import re
+import time
 
 from playwright.sync_api import expect
 
-from tests.e2e.helpers import assert_no_exception, open_app, wait_for_app
+from tests.e2e.helpers import REPO, assert_no_exception, open_app, wait_for_app
 from tests.e2e.test_attention import full_screenshot, patient_expect, type_prompt  # noqa: F401 (fixture)
 
 TOKEN_HEADING = re.compile(r"^Token \d+:")
@@ -48,3 +49,46 @@ def test_step_back_and_force(page, live_app: str) -> None:
     expect_new_tokens(page, 4)
     assert_no_exception(page)
     full_screenshot(page, "generate")
+
+
+# a prompt near the bundled model's block_size (256): every step slides the window and re-forwards
+# the whole block, so each "Step ×10" callback lasts long enough for the second click to land in it
+LONG_PROMPT = ("ROMEO:\nBut soft, what light through yonder window breaks? " * 5)[:240]
+SECOND_CLICK_MS = 80  # after the first click's run has begun (the issue's repro: two clicks 40 ms apart)
+# the first click's run has begun on the server ("running" comes from the server, not the click)
+FIRST_RUN_STARTED_JS = """(before) => {
+  const app = document.querySelector("[data-testid='stApp']");
+  const text = document.querySelector("[data-new-tokens]");
+  return app.getAttribute("data-test-script-state") === "running"
+    || (text && text.getAttribute("data-new-tokens") !== before);
+}"""
+
+
+def test_double_clicks_on_step10_all_count(page, app_server, tiny_checkpoint) -> None:
+    """Issue 13.1: a click that arrives while the previous click's rerun is still stepping must
+    neither crash the page nor be lost. On the bundled model, 5 double clicks on "Step ×10" make
+    exactly 100 new tokens, and no exception box ever shows (before the fix: a RuntimeError from
+    two threads in one Generator, or a click's tokens lost).
+
+    The second click goes once the server has begun the first click's run: two clicks of one button
+    that reach the server before that are one click to Streamlit (the newer rerun replaces the
+    older before its callbacks run) whatever the app does, and a loaded machine can deliver two
+    clicks that close (app/generation.py, BENCHMARKS.md "Concurrent sessions")."""
+    bundled = REPO / "checkpoints" / "shakespeare-char"
+    url = app_server(tiny_checkpoint.root, NANOLENS_BUNDLED=str(bundled))
+    open_app(page, url + "/generate")
+    type_prompt(page, LONG_PROMPT)
+    expect_new_tokens(page, 0)
+    box = page.get_by_role("button", name="Step ×10", exact=True).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    for i in range(5):
+        # raw mouse clicks: a locator click would wait for the button to settle between the two
+        page.mouse.click(x, y)
+        t0 = time.monotonic()
+        page.wait_for_function(FIRST_RUN_STARTED_JS, arg=str(20 * i), polling=5)
+        page.wait_for_timeout(max(0.0, SECOND_CLICK_MS - (time.monotonic() - t0) * 1000))
+        page.mouse.click(x, y)
+        wait_for_app(page)
+        assert_no_exception(page)
+        expect_new_tokens(page, 20 * (i + 1))
+    assert_no_exception(page)
