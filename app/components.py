@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from app import catalog, resources, state
+from app import catalog, interventions, resources, state
 from app.inspection import Inspection
 from app.views import heads as vh
 from app.views.tokens import glyph_legend
@@ -127,6 +127,7 @@ def inspection(names: tuple[str, ...], where: Any = st, check: tuple[str, ...] |
     The shared layer and head are clamped to the model and written back, so the page's selectors
     bound to them always hold a valid value."""
     loaded = resources.require_model()
+    interventions.banner()  # every inspector page says when it shows an edited model
     p = prompt_box(loaded, check if check is not None else names, where)
     ss = st.session_state
     insp = resources.inspect(loaded, p.ids, names if record else None, ss.get(state.LAYER),

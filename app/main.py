@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:  # `streamlit run app/main.py` puts app/, not the 
 
 import streamlit as st  # noqa: E402
 
-from app import catalog, components, state  # noqa: E402
+from app import catalog, components, interventions, state  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # (file under app/, title, url_path, icon); the first is the default page. Material icons are drawn
@@ -75,4 +75,5 @@ pages = [st.Page(f, title=t, url_path=u, icon=i, default=(n == 0))
          for n, (f, t, u, i) in enumerate(p for p in PAGES if (HERE / p[0]).is_file())]
 nav = st.navigation(pages)
 model_sidebar()
+interventions.panel()
 nav.run()

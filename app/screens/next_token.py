@@ -9,7 +9,7 @@ import time
 
 import streamlit as st
 
-from app import components
+from app import components, resources
 from app.views import tokens as vt
 
 POS_KEY, TEMP_KEY, K_KEY = "nt_pos", "nt_temperature", "nt_k"
@@ -41,5 +41,16 @@ if view.mean_bits is not None:
                f"per token over {len(view.surprise_bits)} predictions; hover a token for its numbers.")
 
 st.subheader(f"Next-token distribution after {labels[pos]}")
-st.plotly_chart(view.distribution, width="stretch", key="nt_dist_fig")
+if insp.edit:  # original beside edited, and what the edit costs at each position
+    orig = resources.trace(insp.loaded, insp.ids, vt.NAMES)  # the same prompt with no edit
+    cmp = vt.build_edit_compare(orig["logits"], insp.rec["logits"], insp.ids, insp.strs, insp.token_str,
+                                pos, temperature, int(k), labels)
+    left, right = st.columns(2)
+    left.plotly_chart(cmp.original, width="stretch", key="nt_orig_fig")
+    right.plotly_chart(cmp.edited, width="stretch", key="nt_edit_fig")
+    st.subheader("Δloss per position (edited − original)")
+    st.plotly_chart(cmp.dloss_figure, width="stretch", key="nt_dloss_fig")
+    st.caption("Above 0 (red): the edit made the actual next token less expected; below 0 (green): more.")
+else:
+    st.plotly_chart(view.distribution, width="stretch", key="nt_dist_fig")
 st.caption(f"computed in {ms:.0f} ms (trace + figures; the trace is cached per prompt)")

@@ -253,3 +253,41 @@ def build_next_token(insp: "Inspection", pos: int, temperature: float = 1.0, k: 
                          distribution=distribution_figure(names, top_probs, actual, title=title,
                                                           highlight_label="actual next"),
                          top=list(zip(names, top_probs)))
+
+
+@dataclass
+class EditCompareView:
+    """The Next-token page's extra figures while an edit is active: the original and edited
+    distributions at one position, and Δloss per predicted token (edited minus original, nats)."""
+
+    original: go.Figure
+    edited: go.Figure
+    dloss: list[float]  # per predicted token, positions 1..T-1
+    dloss_figure: go.Figure
+
+
+def _token_loss(logits: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    """Cross-entropy of each actual next token, (T-1,), from logits (1, T, V) or (T, V)."""
+    lg = (logits[0] if logits.dim() == 3 else logits).detach().float().cpu()  # (T, V)
+    tgt = torch.tensor([int(i) for i in ids[1:]], dtype=torch.long)  # (T-1,)
+    return torch.nn.functional.cross_entropy(lg[:-1], tgt, reduction="none")
+
+
+def build_edit_compare(original: torch.Tensor, edited: torch.Tensor, ids: Sequence[int], strs: Sequence[str],
+                       token_str: Callable[[int], str], pos: int, temperature: float = 1.0,
+                       k: int = 10, labels: Sequence[str] | None = None) -> EditCompareView:
+    """Original vs edited logits ((1, T, V) each) of the same prompt: both top-k distributions at
+    `pos` (at `temperature`) and Δloss = edited - original loss of each actual next token."""
+    figs = []
+    for what, lg in (("original", original), ("edited", edited)):
+        top_ids, top_probs, actual = distribution_at(lg, ids, pos, temperature, k)
+        figs.append(distribution_figure([token_str(i) for i in top_ids], top_probs, actual,
+                                        title=f"{what} model", highlight_label="actual next"))
+    d = (_token_loss(edited, ids) - _token_loss(original, ids)).tolist() if len(ids) > 1 else []
+    xs = list(labels[1:] if labels is not None else unique_labels(list(strs[1:]), 1))
+    bar = dict(type="bar", x=xs, y=d, marker=dict(color=["#d62728" if v > 0 else "#2ca02c" for v in d]),
+               hovertemplate="%{x}<br>Δloss=%{y:+.3f} nats<extra></extra>")
+    fig = light_figure([bar], dict(height=220, margin=dict(l=10, r=10, t=10, b=10),
+                                   yaxis=dict(title=dict(text="Δloss (nats)")),
+                                   xaxis=dict(type="category", tickfont=dict(family="monospace"))))
+    return EditCompareView(original=figs[0], edited=figs[1], dloss=d, dloss_figure=fig)
