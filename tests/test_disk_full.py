@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from gpt import checkpoint as ckpt
-from trainers import runfolder, runs
-from trainers import trainer as trainer_mod
+from trainers import runfolder, runs, runstatus
 from trainers.config import TrainConfig
 from trainers.runfolder import RunWriteError
 from trainers.trainer import Callbacks, Trainer
@@ -132,7 +131,7 @@ def test_status_never_stays_running_when_failed_cannot_be_written(tmp_path, monk
     if not in_place_works:
         def in_place(path, obj):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        monkeypatch.setattr(trainer_mod, "write_json_in_place", in_place)
+        monkeypatch.setattr(runstatus, "write_json_in_place", in_place)
     with pytest.raises(RunWriteError):
         Trainer(cfg_for(tmp_path, "st"), callbacks=QUIET).fit()
     disk = runfolder.read_json(tmp_path / "st" / "status.json")

@@ -4,7 +4,9 @@ AdamW with decay on >=2-D params, linear warmup then cosine decay to min_lr, gra
 clipping and accumulation, periodic evaluation on train and val, bf16 autocast + TF32 on CUDA,
 and DDP when launched by torchrun (RANK/LOCAL_RANK/WORLD_SIZE). Only rank 0 writes the run
 folder: config.json, metrics.jsonl, status.json, latest/ (with optimizer state), best/ and
-snapshots/. The trainer knows nothing of Streamlit: the app reads those files.
+snapshots/. The trainer knows nothing of Streamlit: the app reads those files. Where a run starts
+(a new GPT, or latest/) and its checkpoint saves are trainers/runstate.py's; what it reports in the
+run folder (config.json, status.json, the ETA, the state it ends in) trainers/runstatus.py's.
 
 Speed (see BENCHMARKS.md, "Trainer"): how the forward and backward run on this machine (autocast,
 compile and CUDA graphs, DDP, CPU batch shards on threads) is trainers/engine.py's; the optimizer
@@ -17,28 +19,21 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gpt import checkpoint as ckpt  # module access, so tests can monkeypatch ckpt.save
+from gpt import checkpoint as ckpt  # module access, so tests can monkeypatch ckpt.snapshot_dir
 from gpt.config import GPTConfig
-from gpt.model import GPT
-from trainers import runs
-from trainers.config import (RUN_CONFIG_FILE, TrainConfig, check_config, get_lr, is_snapshot_iter,
-                             resolve_device, vocab_bound)
-from trainers.data import Corpus, default_data
-from trainers.estimate import remaining_seconds
+from trainers import runs, runstate, runstatus
+from trainers.config import TrainConfig, check_config, get_lr, is_snapshot_iter, resolve_device
 from trainers.engine import Engine, end_process_group, start_process_group
-from trainers.runfolder import (RunWriteError, disk_full, has_trained, truncate_metrics, write_failure,
-                                write_json_in_place)
+from trainers.runfolder import has_trained
 from trainers.runlock import RunLock
+from trainers.runstatus import ETA_WARMUP
 from trainers.step import DeferredStep
-
-ETA_WARMUP = 2  # the first steps of a process are slow (allocations, caches): the ETA leaves them out
 
 
 @dataclass
@@ -100,23 +95,11 @@ class Trainer:
             (self.run_dir / runs.STOP_FILE).exists()
 
     def _write_status(self, state: str | None = None, last: bool = False, **fields: Any) -> None:
-        """Update status.json. The `last` one (a failure) is written even on a full disk, in the
-        file's own blocks; should that fail too, the lock is free once this process ends, and
-        readers show the run as interrupted rather than running."""
+        """Update status.json (rank 0): every write of it goes through here. The `last` one, a
+        failure, is written even on a full disk (runstatus.write_status)."""
         if not self.master or not self.run_dir.is_dir():
             return
-        if not self.status:  # e.g. a failure before setup finished: keep what runs.start wrote
-            self.status = runs.read_json(self.run_dir / "status.json") or {}
-        if state is not None:
-            self.status["state"] = state
-        self.status.update(fields, pid=os.getpid(), updated_at=runs._now(), updated_ts=time.time())
-        try:
-            runs.write_json_atomic(self.run_dir / "status.json", self.status)
-        except OSError:
-            if not last:
-                raise
-            with suppress(OSError):
-                write_json_in_place(self.run_dir / "status.json", self.status)
+        self.status = runstatus.write_status(self.run_dir, self.status, state, last, fields)
 
     def claim(self, lock: RunLock | None = None) -> None:
         """Hold the run folder's lock (take it, or adopt `lock`) on rank 0 until fit() ends, which
@@ -144,40 +127,17 @@ class Trainer:
         if self.device_type == "cuda":  # TF32 matmuls: ~free speed on Ampere+, as nanoGPT
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.start_iter, self.best_val, self.elapsed_prev = 0, math.inf, 0.0
-        self.last_val: float | None = None
         self.last_train: float | None = None
         self.eval_round_s: float | None = None  # the last evaluation, checkpoints included (the ETA's)
         self.snapshot_s = 0.0  # the last snapshot save
-        run_cfg = runs.read_json(self.run_dir / RUN_CONFIG_FILE) if self.resumed else None
-        if self.resumed:
-            latest = ckpt.latest_dir(self.run_dir)
-            if not (run_cfg and isinstance(run_cfg.get("train"), dict) and latest.is_dir()):
-                raise ValueError(f"cannot resume {cfg.name!r}: {self.run_dir} has no config.json "
-                                 "or latest/ checkpoint")
-            model, tok, meta = ckpt.load(latest, device=self.device)
-            self.model_cfg = model.config
-            self.start_iter = int(meta.get("iter", 0))
-            self.best_val = meta.get("best_val_loss") or math.inf
-            self.elapsed_prev = float(meta.get("elapsed_s") or 0.0)
-            self.last_val = meta.get("val_loss")
-            src = run_cfg.get("data") or {}
-            data = src.get("path") if src.get("name") == "file" else src.get("name", cfg.data)
-            self.corpus = Corpus.load(data, tok, model.config.block_size, log=self._say)
-            opt_state = ckpt.load_optimizer_state(latest)
-        else:
-            self.corpus = Corpus.load(cfg.data or default_data(), cfg.tokenizer,
-                                      (self.model_cfg or cfg.model_config(65)).block_size,
-                                      log=self._say)
-            tok = self.corpus.tokenizer
-            self.model_cfg = replace(self.model_cfg or cfg.model_config(tok.vocab_size),
-                                     vocab_size=tok.vocab_size)
-            if tok.vocab_size > vocab_bound(cfg):  # __init__'s check assumed a smaller vocabulary
-                check_config(cfg, vocab_size=tok.vocab_size, device=self.device,
-                             world_size=self.world_size)
-            torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
-            model, opt_state = GPT(self.model_cfg), None
-        self.tokenizer = tok
+        if self.resumed:  # init from latest/, with its optimizer state and counters
+            start = runstate.resume(self.run_dir, cfg, self.device, log=self._say)
+        else:  # init from scratch
+            start = runstate.new_run(cfg, self.model_cfg, self.device, self.world_size, log=self._say)
+        model, self.corpus, opt_state = start.model, start.corpus, start.opt_state
+        self.model_cfg, self.tokenizer = model.config, self.corpus.tokenizer
+        self.start_iter, self.best_val, self.elapsed_prev = start.iter, start.best_val, start.elapsed_s
+        self.last_val = start.last_val
         torch.manual_seed(cfg.seed + self.rank + self.start_iter)  # dropout differs per rank
         self.corpus.to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * self.rank + self.start_iter)
@@ -189,40 +149,13 @@ class Trainer:
         self.engine = Engine(self.raw_model, cfg, self.device, self.ddp, self.world_size)
         self.stepper = DeferredStep(self.optimizer, self.engine.params, cfg.grad_clip, self.device,
                                     self.start_iter)
-        self._write_run_files(run_cfg)
-        n = self.raw_model.get_num_params()
-        src = self.corpus.source
+        if self.master:  # config.json, metrics.jsonl and the first status.json
+            self.status = runstatus.write_start(self.run_dir, cfg, start.run_cfg, self.model_cfg, self.corpus,
+                                                self.device, self.world_size, self.start_iter)
+            self._write_status()
         self._say(self.engine.describe(fused_adamw=self.stepper.fused))
-        self._say(f"model: {n / 1e6:.2f}M params ({self.model_cfg.n_layer} layers, "
-                  f"{self.model_cfg.n_head} heads, {self.model_cfg.n_embd} embd, block "
-                  f"{self.model_cfg.block_size}); data: {src['name']} ({src['tokens']:,} "
-                  f"{tok.kind} tokens, vocab {tok.vocab_size})")
-        if self.resumed:
-            how = "optimizer state loaded" if opt_state is not None else "no optimizer state: fresh AdamW"
-            self._say(f"resumed from iter {self.start_iter} ({how})")
-
-    def _write_run_files(self, run_cfg: dict[str, Any] | None) -> None:
-        if not self.master:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if run_cfg is None:  # a new run: runs.start may have written {"train", "created_at"}
-            started = runs.read_json(self.run_dir / RUN_CONFIG_FILE) or {}
-            run_cfg = {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict(),
-                       "data": self.corpus.source, "tokenizer": self.tokenizer.to_dict(),
-                       "world_size": self.world_size, "device": self.device,
-                       "created_at": started.get("created_at") or runs._now()}
-        else:  # a resumed run may go further, with other threads; the rest stays as recorded
-            run_cfg["train"].update(max_iters=self.cfg.max_iters, threads=self.cfg.threads)
-            truncate_metrics(self.run_dir, self.start_iter)
-        runs.write_json_atomic(self.run_dir / RUN_CONFIG_FILE, run_cfg)
-        prev = runs.read_json(self.run_dir / "status.json") or {}
-        self.status = {"state": "running", "pid": os.getpid(), "iter": self.start_iter,
-                       "max_iters": self.cfg.max_iters, "message": "training",
-                       "device": self.device, "threads": torch.get_num_threads(),
-                       "world_size": self.world_size, "best_val_loss": prev.get("best_val_loss"),
-                       "val_loss": prev.get("val_loss"), "eta_s": None, "tokens_per_s": None}
-        (self.run_dir / "metrics.jsonl").touch()
-        self._write_status()
+        for line in start.describe():
+            self._say(line)
 
     # -- checkpoints and evaluation ---------------------------------------------------------------
     def _save(self, folder: Path, it: int, with_optimizer: bool) -> None:
@@ -230,16 +163,10 @@ class Trainer:
         meta = {"iter": it, "val_loss": self.last_val, "train_loss": self.last_train,
                 "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
                 "run": self.cfg.name, "elapsed_s": round(self._elapsed(), 3)}
-        try:
-            path = ckpt.save(folder, self.raw_model, self.tokenizer, meta=meta,
-                             optimizer=self.optimizer if with_optimizer else None)
-        except ValueError:  # a folder that is not a checkpoint, meta that is not JSON: not a write
-            raise
-        except Exception as e:  # OSError, or how torch.save and safetensors report a full disk
-            weights = sum(p.numel() * p.element_size() for p in self.raw_model.parameters())
-            raise write_failure(e, "the checkpoint", self.run_dir, weights * (3 if with_optimizer else 1)) from e
+        path = runstate.save(folder, self.run_dir, self.raw_model, self.tokenizer, meta,
+                             self.optimizer if with_optimizer else None)
         if self.cb.on_checkpoint:
-            self.cb.on_checkpoint(Path(path))
+            self.cb.on_checkpoint(path)
 
     @torch.no_grad()
     def estimate_loss(self) -> dict[str, float]:
@@ -296,13 +223,7 @@ class Trainer:
             in_step = True
             return status
         except BaseException as e:
-            err = e if isinstance(e, RunWriteError) else None
-            if isinstance(e, OSError) and err is None and disk_full(e, self.run_dir):
-                err = write_failure(e, "the run's files", self.run_dir)  # metrics.jsonl or status.json
-            if isinstance(e, KeyboardInterrupt):
-                state, msg = "interrupted", "interrupted (Ctrl-C); resume to continue from latest/"
-            else:
-                state, msg = "failed", (str(err) if err else f"{type(e).__name__}: {e}")[:2000]
+            state, msg, err = runstatus.ending(e, self.run_dir)
             self._write_status(state, last=True, message=msg)
             if err is not None and err is not e:
                 raise err from e
@@ -378,8 +299,9 @@ class Trainer:
                 runs.append_jsonl(self.run_dir / "metrics.jsonl", row)
                 if self.cb.on_log:
                     self.cb.on_log(row)
+                eta = runstatus.eta_s(it, cfg, steps_s, steps_n, self.eval_round_s, self.snapshot_s)
                 self._write_status("stopping" if stop else "running", iter=it, train_loss=lossf,
-                                   tokens_per_s=round(tps, 1), eta_s=self._eta(it, steps_s, steps_n))
+                                   tokens_per_s=round(tps, 1), eta_s=eta)
                 t_log, it_log = 0.0, it
             if stop:
                 if self.master:
@@ -390,19 +312,6 @@ class Trainer:
                 self._say(msg)
                 self._write_status("stopped", iter=it, message=msg, eta_s=None)
                 return self.status
-
-    def _eta(self, it: int, steps_s: float, steps_n: int) -> float | None:
-        """Seconds left, from this run's own measured step time (None until ETA_WARMUP steps are
-        behind it), its last evaluation and snapshot times (a resumed run that has not evaluated
-        yet counts an eval batch as a third of a step)."""
-        if not steps_n:
-            return None
-        cfg, step_s = self.cfg, steps_s / steps_n
-        eval_s = self.eval_round_s
-        if eval_s is None:
-            eval_s = 2 * cfg.eval_iters * step_s / 3
-        return round(remaining_seconds(it, cfg.max_iters, cfg.eval_interval, step_s, eval_s,
-                                       self.snapshot_s if cfg.snapshots else 0.0), 1)
 
     # -- the step and its deferred checks ---------------------------------------------------------
     def _eval_due(self, it: int) -> bool:
@@ -431,9 +340,7 @@ class Trainer:
         return self.engine.agree(stop, bad)  # (on a tensor that outlives the process group)
 
     def _fail(self, it_bad: int, loss: float) -> dict[str, Any]:
-        good = runs.latest_iter(self.run_dir)
-        msg = (f"diverged at iter {it_bad} (loss {loss:.4g}); the last good checkpoint "
-               f"is latest/ at iter {'?' if good is None else good}; try a lower --lr")
+        msg = runstatus.diverged(it_bad, loss, self.run_dir)
         self._say(msg)
         self._write_status("failed", iter=it_bad, message=msg)
         return self.status
