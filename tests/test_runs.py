@@ -282,7 +282,9 @@ def test_start_trains_from_config_json_through_the_process(root):
     name = start(root, name="cfg", max_iters=12, eval_interval=6, log_interval=3)
     d = root / name
     pid = runs.status(name, root)["pid"]
-    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    # Popen returns once exec has begun (the close-on-exec pipe closed); the kernel fills in the
+    # new program's arguments a moment later, and until then /proc/PID/cmdline reads empty
+    cmdline = wait_for(lambda: Path(f"/proc/{pid}/cmdline").read_bytes(), timeout=10).split(b"\0")
     assert cmdline[1:] == [b"-m", b"trainers.train", b"--run", str(d).encode(), b""]  # no settings
     written = runs.read_json(d / "config.json")["train"]
     st = wait_for(lambda: done(name, root))
