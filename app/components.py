@@ -11,11 +11,15 @@ head_table(scores, key)   every head in one sortable table; clicking a row opens
                           the shared session_state "layer" / "head", as the pages' selectors do)
 token_legend()            the one legend of the token glyphs (· space, ⏎ newline, ...), under every
                           picture that draws tokens
+metric_row(cells)         a row of st.metric, one per (label, value[, its other arguments]) a view built
+say(msg)                  a (level, text) message shown as st.info / success / warning / error
+kept_select(label, ...)   a select box whose kept value falls back to the first option once it is gone
+load_or_stop(ref, what)   the model at ref, or an error saying why not and a stop (or_stop: any loader)
 """
 from __future__ import annotations
 
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, TypeVar
 
 import streamlit as st
 
@@ -23,6 +27,8 @@ from app import catalog, interventions, resources, state
 from app.inspection import Inspection
 from app.views import heads as vh
 from app.views.tokens import glyph_legend
+
+T = TypeVar("T")
 
 
 def _set_head(pick: tuple[int, int]) -> None:
@@ -96,6 +102,29 @@ def token_legend(where: Any = st) -> None:
     where.markdown(glyph_legend(), unsafe_allow_html=True)
 
 
+def metric_row(cells: Sequence[tuple[str, str] | tuple[str, str, dict[str, Any]]], where: Any = st) -> None:
+    """One st.metric per cell, side by side in `where`: (label, value) or (label, value, st.metric's
+    other keyword arguments: delta, help, ...), as the views build them."""
+    for col, (label, value, *kwargs) in zip(where.columns(len(cells)), cells):
+        col.metric(label, value, **(kwargs[0] if kwargs else {}))
+
+
+def say(msg: tuple[str, str] | None, where: Any = st) -> None:
+    """Show a (level, text) message with the element of its level ("info", "success", "warning",
+    "error"); None shows nothing."""
+    if msg is not None:
+        getattr(where, msg[0])(msg[1])
+
+
+def kept_select(label: str, options: Sequence[Any], key: str, where: Any = st, **kwargs: Any) -> Any:
+    """where.selectbox(label, options, key=key, **kwargs) whose kept value, once it is no longer
+    among `options` (a run deleted, another model chosen), falls back to the first option instead
+    of failing. `options` must not be empty."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = options[0]
+    return where.selectbox(label, options, key=key, **kwargs)
+
+
 DROP_KEY = "drop_unknown"
 LEVELS = {"info": st.info, "warning": st.warning, "error": st.error}
 
@@ -139,10 +168,16 @@ def inspection(names: tuple[str, ...], where: Any = st, check: tuple[str, ...] |
 def load_or_stop(ref: str, what: str) -> "resources.Loaded":
     """resources.load_model(ref); when it cannot load, say so ("<what> cannot be loaded: <why>")
     and stop the script (or the fragment) here."""
+    return or_stop(lambda: resources.load_model(ref), what)
+
+
+def or_stop(make: Callable[[], T], what: str) -> T:
+    """make() (a load, or anything that loads checkpoints); when it raises CheckpointError, say
+    "<what> cannot be loaded: <why>" and stop the script (or the fragment) here."""
     from gpt.checkpoint import CheckpointError
 
     try:
-        return resources.load_model(ref)
+        return make()
     except CheckpointError as e:
         st.error(f"{what} cannot be loaded: {e}")
         st.stop()
@@ -176,9 +211,7 @@ def picker(key: str, level: str = "checkpoint", where: Any = st, current: str | 
         runs = {str(s.path): s.label for s in catalog.timeline_runs(current)}
         if not runs:
             return None
-        if st.session_state.get(key) not in runs:
-            st.session_state[key] = next(iter(runs))
-        return where.selectbox("Run", list(runs), format_func=runs.get, key=key, help=help)
+        return kept_select("Run", list(runs), key, where, format_func=runs.get, help=help)
     if level != "source":
         raise ValueError(f"picker level must be 'checkpoint', 'source' or 'run', got {level!r}")
     sources = {s.key: s.label for s in catalog.sources()}

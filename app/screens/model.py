@@ -8,12 +8,10 @@ tab ("_pick_tab") survives every rerun and shows what the choice did; Enter in t
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from app import catalog, components, resources, state, uploads
-from app.views.model_card import card_markdown, model_card
+from app.views import model_card as vm
 from gpt.checkpoint import CheckpointError
 
 ERROR, NOTICE, PICK = "_model_page_error", "_model_page_notice", "_pick"
@@ -47,11 +45,10 @@ def on_pick() -> None:
 
 
 def on_path() -> None:
-    raw = (ss.get("_pick_path") or "").strip().strip('"')
-    if not raw:
-        ss[ERROR] = "Type the path of a checkpoint folder, a ckpt.pt or a Hugging Face folder."
+    if (path := vm.typed_path(ss.get("_pick_path"))) is None:
+        ss[ERROR] = vm.NO_PATH
         return
-    use(str(Path(raw).expanduser()), "that path")  # (the error names the path itself)
+    use(path, "that path")  # (the error names the path itself)
 
 
 def on_upload() -> None:
@@ -62,23 +59,18 @@ def on_upload() -> None:
 
 # -- sections ----------------------------------------------------------------------------------------
 def card(loaded: resources.Loaded) -> None:
-    c = model_card(loaded.config, loaded.tokenizer, loaded.meta,
-                   loaded.model.get_num_params(non_embedding=False), label=loaded.label)
+    c = vm.model_card(loaded.config, loaded.tokenizer, loaded.meta,
+                      loaded.model.get_num_params(non_embedding=False), label=loaded.label)
     st.subheader(loaded.label)
     if note := loaded.meta.get("load_note"):  # a fallback or recovery, or where meta.pkl was found
         st.info(note)
-    m = st.columns(4)
-    m[0].metric("Parameters", c["Parameters"].split(" ")[0])
-    m[1].metric("Layers × heads", f"{loaded.config.n_layer} × {loaded.config.n_head}")
-    m[2].metric("Iterations trained", c["Iterations trained"])
-    m[3].metric("Val loss", c["Val loss"])
+    components.metric_row(vm.card_metrics(c, loaded.config))
     with st.expander("Model card", expanded=True):
-        st.markdown(card_markdown(c))
+        st.markdown(vm.card_markdown(c))
 
 
 def from_runs() -> None:
-    ref = components.picker(PICK, "source", help="latest: the last saved state; best: lowest val loss; "
-                                                 "iter N: a snapshot kept along the way.")
+    ref = components.picker(PICK, "source", help=vm.SOURCE_HELP)
     if not catalog.sources():
         st.caption("No bundled model and no runs yet: train one on the Train page, or load a path or an upload.")
     elif ref is not None:
@@ -87,20 +79,15 @@ def from_runs() -> None:
 
 def from_path() -> None:
     with st.form("_pick_path_form", border=False):  # a form: Enter in the box loads, as the button does
-        st.text_input("Path on this machine", key="_pick_path",
-                      placeholder="checkpoints/my-run, …/out/ckpt.pt, or a Hugging Face GPT-2 folder",
-                      help="A nanolens checkpoint or run folder, a nanoGPT ckpt.pt (meta.pkl beside it "
-                           "for character models), or a Hugging Face GPT-2 folder (config.json + weights).")
+        st.text_input("Path on this machine", key="_pick_path", placeholder=vm.PATH_PLACEHOLDER, help=vm.PATH_HELP)
         st.form_submit_button("Load this path", key="_pick_path_go", on_click=on_path)
 
 
 def from_upload() -> None:
     st.file_uploader("Checkpoint files", accept_multiple_files=True, key="_pick_upload",
                      type=["zip", "safetensors", "json", "pt", "ckpt", "pkl"],
-                     help=uploads.UPLOAD_HELP[0].upper() + uploads.UPLOAD_HELP[1:] + ".")
-    st.caption(f"Each file may be at most {uploads.UPLOAD_LIMIT_MB} MB; load a bigger checkpoint by its "
-               f"path. Uploads are kept under `{catalog.uploads_dir()}` (the newest "
-               f"{uploads.KEEP_UPLOADS}). Nothing in a file is run as code.")
+                     help=vm.upload_help(uploads.UPLOAD_HELP))
+    st.caption(vm.upload_note(uploads.UPLOAD_LIMIT_MB, catalog.uploads_dir(), uploads.KEEP_UPLOADS))
     st.button("Load the upload", key="_pick_upload_go", on_click=on_upload)
 
 

@@ -19,7 +19,6 @@ from app.inspection import Inspection, clamp
 from app.playback import Playback
 from app.views import heads as vh
 from app.views import timeline as vt
-from gpt.checkpoint import CheckpointError
 
 RUN_KEY, SCORE_KEY, HEAD_KEY, CHART_KEY = "_tl_run", "_tl_score", "_tl_head", "_tl_chart"
 PLAY_EVERY_S = 0.6
@@ -37,11 +36,8 @@ def history(final: Inspection, paths: dict[int, str]) -> None:
                  on_change=components.open_head, args=(vh.parse_head_id, HEAD_KEY),
                  help="Also: click a line in the chart.")
     with st.spinner(f"Scoring every head at {len(paths)} snapshots…"):
-        try:
-            scores = [(it, resources.snapshot_scores(p)) for it, p in paths.items()]
-        except CheckpointError as e:
-            st.error(f"A snapshot cannot be loaded: {e}")
-            st.stop()
+        scores = components.or_stop(lambda: [(it, resources.snapshot_scores(p)) for it, p in paths.items()],
+                                    "A snapshot")
     key = f"{CHART_KEY}_{score}_{hid}"  # a new chart when the head changes: no stale selection
     st.altair_chart(vt.history_chart(vt.history_frame(scores, score), score, selected=hid), key=key,
                     width="stretch", on_select=partial(components.open_head, vt.chart_pick, key, L, H),
@@ -57,12 +53,7 @@ def snapshot(it: int, insp: Inspection, prev: tuple[int, float | None] | None, m
     the head's pattern, and a greedy continuation (last: the figures are sent meanwhile)."""
     view = vt.snapshot_view(insp)
     st.markdown(f"#### iter {it}")
-    m = st.columns(3)
-    m[0].metric("Loss on the prompt", "–" if view.loss is None else f"{view.loss:.3f}", delta=vt.loss_delta(
-        view.loss, prev), delta_color="inverse", help="Mean next-token cross-entropy (nats) over the prompt.")
-    val = insp.loaded.meta.get("val_loss")
-    m[1].metric("Val loss when saved", "–" if not isinstance(val, (int, float)) else f"{val:.3f}")
-    m[2].metric("Head", vh.head_id(insp.layer, insp.head))
+    components.metric_row(vt.snapshot_metrics(view.loss, prev, insp.loaded.meta.get("val_loss"), insp.layer, insp.head))
     st.plotly_chart(view.lens, width="stretch", key="_tl_lens")
     st.caption(view.lens_note)
     left, right = st.columns(2)
@@ -72,8 +63,7 @@ def snapshot(it: int, insp: Inspection, prev: tuple[int, float | None] | None, m
     right.markdown(f"**Greedy continuation** ({vt.SAMPLE_TOKENS} tokens)")
     right.code(insp.loaded.tokenizer.decode(list(sample)), language=None, wrap_lines=True)
     components.token_legend(right)
-    st.caption(f"iter {it}: figures in {ms:.0f} ms, sample in {(time.perf_counter() - t1) * 1000:.0f} ms "
-               "(cached once seen)")
+    st.caption(vt.timing_note(it, ms, (time.perf_counter() - t1) * 1000))
 
 
 st.title("Timeline")
@@ -92,8 +82,7 @@ if not paths:
     st.stop()
 iters = list(paths)
 final = components.load_or_stop(paths[iters[-1]], "The run's last snapshot")  # tokenizer and shape
-top[1].caption(f"{len(iters)} snapshots, iter {iters[0]} … {iters[-1]} · {final.config.n_layer} layers × "
-               f"{final.config.n_head} heads")
+top[1].caption(vt.run_caption(iters, final.config))
 ids = tuple(components.prompt_box(final, vt.NAMES, where=top[1]).ids)
 layer, head = clamp(ss.get(state.LAYER), final.config.n_layer), clamp(ss.get(state.HEAD), final.config.n_head)
 ss[state.LAYER], ss[state.HEAD] = layer, head

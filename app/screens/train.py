@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import catalog, live, resources, state, uploads
+from app import catalog, components, live, resources, state, uploads
 from app.views import training as tv
 from gpt.checkpoint import latest_dir
 from trainers import runs
@@ -19,12 +19,8 @@ ss = st.session_state
 
 def form_config() -> TrainConfig:
     """The form as a TrainConfig, not yet checked; ValueError while the chosen upload is missing."""
-    preset, data = ss.get(K + "preset", "tiny"), ss.get(K + "data", "python-docs")
-    if data == "upload" and ss.get(K + "upload") is None:
-        raise ValueError(tv.UPLOAD_FIRST)
-    values = {f: ss.get(f"{K}{f}_{preset}", v) for f, v in preset_values(preset, tv.FIELD_NAMES).items()}
-    return TrainConfig.from_preset(preset, data=data, tokenizer=ss.get(K + "tokenizer", "char"),
-                                   name=(ss.get(K + "name") or "").strip() or None, **values)
+    preset = ss.get(K + "preset", "tiny")
+    return TrainConfig.from_preset(preset, **tv.form_values(ss, K, preset, preset_values(preset, tv.FIELD_NAMES)))
 
 
 def on_start() -> None:
@@ -40,30 +36,27 @@ def on_start() -> None:
             Path(data_file).unlink(missing_ok=True)
         ss[MSG] = ("error", f"Nothing started: {e}")
         return
-    ss[MSG] = ("success", f"Started run {ss[K + 'selected']}: it trains in the background, even after you leave.")
+    ss[MSG] = tv.run_message("start", ss[K + "selected"])
 
 
 def on_run(action: str, name: str) -> None:
     """Stop, resume, delete (the confirm button's) or inspect run `name`; say what happened."""
+    label = None  # inspect: what every page inspects now (None: the run has no checkpoint yet)
     try:
         if action == "stop":
             runs.stop(name)
-            ss[MSG] = ("info", f"Asked {name} to stop: it finishes its step and saves latest/ first.")
         elif action == "resume":
             runs.resume(name, max_iters=int(ss[f"{K}resume_to_{name}"]))
-            ss[MSG] = ("success", f"Resumed {name}.")
         elif action == "delete":
             ss.pop(K + "confirm", None)
             inspected = tv.is_within(ss.get(state.MODEL_REF), runs.status(name)["path"])
             runs.delete(name)
             if inspected:  # the model every page inspected is gone: they fall back to the default
                 ss[state.MODEL_REF] = None
-            ss[MSG] = ("success", f"Deleted {name}.")
-        elif not catalog.has_checkpoint(path := runs.status(name)["path"]):  # inspect
-            ss[MSG] = ("warning", "This run has no checkpoint yet: it writes one at its first evaluation.")
-        else:
+        elif catalog.has_checkpoint(path := runs.status(name)["path"]):  # inspect
             ss[state.MODEL_REF] = path
-            ss[MSG] = ("success", f"Every page now inspects {catalog.describe(path)}.")
+            label = catalog.describe(path)
+        ss[MSG] = tv.run_message(action, name, label)
     except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
         ss[MSG] = ("error", f"Could not {action} {name}: {e}")
 
@@ -86,8 +79,7 @@ def new_run_form() -> None:
         st.error(str(e))
     else:
         est, cost, err = resources.train_estimate(cfg)  # a few real steps, timed once per model
-        for col, (label, value) in zip(st.columns(4), tv.estimate_cells(est)):
-            col.metric(label, value)
+        components.metric_row(tv.estimate_cells(est))
         st.caption(tv.estimate_caption(est, cost, err))
     st.button("Start training", key=K + "start", type="primary", on_click=on_start)
 
@@ -115,17 +107,14 @@ def run_actions(status: dict, live: bool) -> None:
 
 st.title("Train")
 st.caption(tv.threads_caption(default_threads(), cpu_cores()))
-if msg := ss.pop(MSG, None):
-    getattr(st, msg[0])(msg[1])
+components.say(ss.pop(MSG, None))
 with st.expander("New run", expanded=not runs.list_runs()):
     new_run_form()
 st.subheader("Runs")
 if not (all_runs := runs.list_runs()):
     st.caption("No runs yet. Start one above: the tiny preset trains in well under a minute.")
     st.stop()
-if ss.get(K + "selected") not in (names := [r["name"] for r in all_runs]):
-    ss[K + "selected"] = names[0]
-name = st.selectbox("Run", names, key=K + "selected")
+name = components.kept_select("Run", [r["name"] for r in all_runs], K + "selected")
 live_names = frozenset(r["name"] for r in all_runs if r["state"] in runs.LIVE_STATES)
 run_actions(next(r for r in all_runs if r["name"] == name), live=name in live_names)
 st.fragment(run_every=POLL_S if live_names else None)(live.panel)(name, live_names)

@@ -1,12 +1,15 @@
-"""The model card: what a checkpoint is, in a dict and in markdown. Pure: no Streamlit, no torch math.
+"""The model card: what a checkpoint is, in a dict and in markdown; and the Model page's words.
+Pure: no Streamlit, no torch math.
 
 model_card(config, tokenizer, meta, n_params, label) -> dict with the rows the Model page shows;
-card_markdown(card) -> a markdown table of it. Values missing from `meta` (an imported nanoGPT
-or Hugging Face model has no val loss) show as "—", never as a made-up number.
+card_markdown(card) -> a markdown table of it; card_metrics(card, config) -> the numbers above it.
+Values missing from `meta` (an imported nanoGPT or Hugging Face model has no val loss) show as
+"—", never as a made-up number. typed_path, the help texts and upload_note: the choosing tabs.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from gpt.config import GPTConfig
@@ -72,3 +75,37 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines = ["| Property | Value |", "|---|---|"]
     lines += [f"| **{cell(k)}** | {f'`{cell(v)}`' if k == 'Path' else cell(v)} |" for k, v in card.items()]
     return "\n".join(lines)
+
+
+def card_metrics(card: dict[str, Any], config: GPTConfig) -> list[tuple[str, str]]:
+    """(label, value) of the four numbers above the card: parameters (short form), layers × heads,
+    iterations trained and val loss (as the card shows them)."""
+    return [("Parameters", card["Parameters"].split(" ")[0]),
+            ("Layers × heads", f"{config.n_layer} × {config.n_head}"),
+            ("Iterations trained", card["Iterations trained"]), ("Val loss", card["Val loss"])]
+
+
+# -- the Model page's choosing tabs --------------------------------------------------------------------
+SOURCE_HELP = "latest: the last saved state; best: lowest val loss; iter N: a snapshot kept along the way."
+PATH_PLACEHOLDER = "checkpoints/my-run, …/out/ckpt.pt, or a Hugging Face GPT-2 folder"
+PATH_HELP = ("A nanolens checkpoint or run folder, a nanoGPT ckpt.pt (meta.pkl beside it for character "
+             "models), or a Hugging Face GPT-2 folder (config.json + weights).")
+NO_PATH = "Type the path of a checkpoint folder, a ckpt.pt or a Hugging Face folder."
+
+
+def typed_path(raw: str | None) -> str | None:
+    """The path typed in the path box, without surrounding blanks or double quotes and with ~
+    expanded; None when nothing is typed."""
+    raw = (raw or "").strip().strip('"')
+    return str(Path(raw).expanduser()) if raw else None
+
+
+def upload_help(clause: str) -> str:
+    """The uploader's help: app.uploads.UPLOAD_HELP (a clause) as a sentence."""
+    return clause[0].upper() + clause[1:] + "."
+
+
+def upload_note(limit_mb: int, folder: Path | str, keep: int) -> str:
+    """The caption under the uploader: the size limit, where uploads are kept, and that none runs."""
+    return (f"Each file may be at most {limit_mb} MB; load a bigger checkpoint by its path. Uploads are "
+            f"kept under `{folder}` (the newest {keep}). Nothing in a file is run as code.")

@@ -22,6 +22,7 @@ from app.views.events import last_selected
 from app.views.heads import SCORE_HELP, SCORES, THRESHOLDS, head_id, parse_head_id, score_tensors, verdict
 from app.views.layers import lens_note, lens_targets, lens_width, logit_lens_figure
 from gpt.analysis import logit_lens, prompt_loss
+from gpt.config import GPTConfig
 
 if TYPE_CHECKING:
     from app.inspection import Inspection
@@ -38,6 +39,12 @@ def no_runs_note(bundled_name: str) -> str:
     return ("No run with snapshots yet. Training keeps snapshots at iterations 0, 10, 25, 50, 100, "
             "250, … (snapshots are on by default): start a run on the Train page, or get the bundled "
             f"model into `checkpoints/{bundled_name}`.")
+
+
+def run_caption(iters: Sequence[int], config: GPTConfig) -> str:
+    """The line beside the run picker: how many snapshots, from which iteration to which, and the shape."""
+    return (f"{len(iters)} snapshots, iter {iters[0]} … {iters[-1]} · {config.n_layer} layers × "
+            f"{config.n_head} heads")
 
 
 # -- playing ---------------------------------------------------------------------------------------
@@ -83,6 +90,23 @@ def snapshot_view(insp: "Inspection", k: int = 5, width: int | None = None) -> S
     shown = f"Positions {T - W}…{T - 1} of {T}" if W < T else f"All {T} positions"
     note = f"{shown}; an outline marks a guess that is the actual next token. {lens_note(model)}"
     return SnapshotView(fig_p, fig_l, note, prompt_loss(rec["logits"], ids), labels)
+
+
+def snapshot_metrics(loss: float | None, prev: tuple[int, float | None] | None, val_loss: Any, layer: int,
+                     head: int) -> list[tuple[str, str] | tuple[str, str, dict[str, Any]]]:
+    """The metrics above one snapshot, as (label, value[, st.metric's other arguments]): the prompt's
+    loss (its change since `prev` as the delta, a drop shown as good), the val loss the checkpoint
+    was saved with (`val_loss` from its meta: "–" when it is not a number), and the head shown."""
+    return [("Loss on the prompt", "–" if loss is None else f"{loss:.3f}",
+             dict(delta=loss_delta(loss, prev), delta_color="inverse",
+                  help="Mean next-token cross-entropy (nats) over the prompt.")),
+            ("Val loss when saved", "–" if not isinstance(val_loss, (int, float)) else f"{val_loss:.3f}"),
+            ("Head", head_id(layer, head))]
+
+
+def timing_note(it: int, figures_ms: float, sample_ms: float) -> str:
+    """The caption under one snapshot: how long its figures and its greedy sample took."""
+    return f"iter {it}: figures in {figures_ms:.0f} ms, sample in {sample_ms:.0f} ms (cached once seen)"
 
 
 def loss_delta(loss: float | None, prev: tuple[int, float | None] | None) -> str | None:

@@ -1,7 +1,8 @@
-"""What the Train page shows, as pure functions: the form's fields and its corpus default, the
-estimate's cells and caption, the runs table, progress (tokens/s, ETA), the live loss chart
-(downsampled) and when to draw a new sample. No Streamlit here and no trainers/ import: the page
-passes in what it read (estimates and step costs are trainers.estimate's Estimate and StepCost).
+"""What the Train page shows, as pure functions: the form's fields, values and corpus default, the
+estimate's cells and caption, what an action on a run says, the runs table, progress (tokens/s,
+ETA), the live loss chart (downsampled), the sample text and when to draw a new one. No Streamlit
+here and no trainers/ import: the page passes in what it read (estimates and step costs are
+trainers.estimate's Estimate and StepCost).
 """
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import plotly.graph_objects as go
+
+if TYPE_CHECKING:
+    from gpt.model import GPT
+    from gpt.tokenizer import Tokenizer
 
 # the TrainConfig fields the page offers, in display order: (field, label, kind)
 FIELDS = (("n_layer", "Layers", int), ("n_head", "Heads", int), ("n_embd", "Embedding size", int),
@@ -35,6 +40,19 @@ def number_args(name: str, kind: type, default: float) -> dict[str, Any]:
     lr = name == "learning_rate"
     return dict(min_value=0.0, value=float(default), format="%.5f" if lr else "%.2f",
                 step=1e-4 if lr else 0.05)
+
+
+def form_values(store: Mapping[str, Any], prefix: str, preset: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """TrainConfig.from_preset's keyword arguments (all but the preset) from the form's widget values
+    in `store`, under `prefix` + "data", "tokenizer", "name" and "<field>_<preset>" (the fields are
+    keyed by preset); `defaults` (the preset's values of FIELD_NAMES) fill in what the form does not
+    hold yet. ValueError (UPLOAD_FIRST) while "upload" is chosen and no file is."""
+    data = store.get(prefix + "data", "python-docs")
+    if data == "upload" and store.get(prefix + "upload") is None:
+        raise ValueError(UPLOAD_FIRST)
+    values = {f: store.get(f"{prefix}{f}_{preset}", v) for f, v in defaults.items()}
+    return dict(data=data, tokenizer=store.get(prefix + "tokenizer", "char"),
+                name=(store.get(prefix + "name") or "").strip() or None, **values)
 
 
 def _count(v: Any) -> int | None:
@@ -232,6 +250,31 @@ def threads_caption(threads: int, cores: int) -> str:
     left = max(cores - threads, 0)
     return (f"Training uses {threads} thread{'s' if threads != 1 else ''}, leaving "
             f"{left} core{'s' if left != 1 else ''} for the UI.")
+
+
+def run_message(action: str, name: str, label: str | None = None) -> tuple[str, str]:
+    """(level, text) the page says once `action` on run `name` went through: "start", "stop",
+    "resume", "delete", or "inspect" with `label` the model every page inspects now (None: the run
+    has no checkpoint yet, so nothing changed)."""
+    if action == "inspect":
+        return (("success", f"Every page now inspects {label}.") if label is not None else
+                ("warning", "This run has no checkpoint yet: it writes one at its first evaluation."))
+    return {"start": ("success", f"Started run {name}: it trains in the background, even after you leave."),
+            "stop": ("info", f"Asked {name} to stop: it finishes its step and saves latest/ first."),
+            "resume": ("success", f"Resumed {name}."),
+            "delete": ("success", f"Deleted {name}.")}[action]
+
+
+def sample_text(model: "GPT", tokenizer: "Tokenizer", n_tokens: int = 100, seed: int = 1337) -> str:
+    """~n_tokens of text generated from a newline (char models) or <|endoftext|> (GPT-2)."""
+    from gpt.generate import generate
+
+    if tokenizer.kind == "gpt2":
+        start, n_tokens = [50256], max(1, n_tokens // 3)  # a BPE token is ~3 characters
+    else:
+        start = tokenizer.encode("\n", errors="drop") or [0]
+    ids = generate(model, start, n_tokens, temperature=0.8, seed=seed)
+    return tokenizer.decode(ids[len(start):])
 
 
 def next_sample(shown: tuple | None, ckpt: str, it: int, now: float, every_s: float,

@@ -17,21 +17,33 @@ import plotly.graph_objects as go
 import torch
 
 from app.views import walkthrough_stages as vs
-from app.views.tokens import esc
+from app.views.tokens import esc, token_strs, unique_labels
 from app.views.walkthrough_diagram import (DIAGRAM_PX, LABEL_CHAR_PX, LABEL_LINE_PX, SELECTED, Node,  # noqa: F401
                                            diagram_figure, diagram_nodes, label_drops, pick, x_range)
 from gpt.analysis import TrainingExample
 from gpt.config import GPTConfig
 from gpt.generate import Step, sampling_distribution
 from gpt.heads import attention_steps
+from gpt.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from app.inspection import Inspection
 
 STEP_FONT = 14  # px: token names on the sampling step's bars
+PIPELINE = ("ids → token + position embedding → [LayerNorm → attention → + → LayerNorm → MLP → +] × n_layer "
+            "→ LayerNorm → lm_head → logits, for the model and prompt in hand.")
 
 
 # -- the selected stage ---------------------------------------------------------------------------------
+def recording(stage: str, layer: int, n_layer: int, tab: str) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """What the page's Inspection records: (the names `stage` reads at `layer` (in 0..n_layer-1);
+    the names the prompt is checked for, the biggest recording (attention at the last layer), so
+    that no stage picked later is refused; whether to record now: only on the open "Pipeline"
+    `tab`, since only the open tab's work runs)."""
+    names = vs.stage_names(stage, layer)
+    return names, vs.stage_names("attn", n_layer - 1), bool(names) and tab == "Pipeline"
+
+
 @dataclass
 class Detail:
     """Everything the page draws for a selected stage: figures (values beside the norms, per-head
@@ -58,6 +70,24 @@ def stage_detail(insp: "Inspection", stage: str) -> Detail:
     return Detail(sv, figs, panels)
 
 
+def stage_heading(stage: str, layer: int) -> str:
+    """The selected stage's heading: its label, and the block for a stage inside one."""
+    return vs.STAGES[stage].label + (f" · block {layer}" if vs.STAGES[stage].in_block else "")
+
+
+def shape_caption(config: GPTConfig, T: int, stage: str) -> str:
+    """The caption over the stage's values: its shape for this prompt, and how to read them."""
+    shape = vs.stage_shapes(config, T)[stage].replace("<br>", " ")
+    how = "each token with its id below it" if stage == "ids" else "hover a cell for its value"
+    return f"shape {shape} — {how}"
+
+
+def ready_note(ms: float, n_names: int | None) -> str:
+    """The caption under the pipeline: how long it took, with a trace of `n_names` names (None: none)."""
+    traced = f"a trace recording {n_names} name(s)" if n_names is not None else "no trace"
+    return f"ready in {ms:.0f} ms ({traced}, figures and sending them; traces are cached per prompt and stage)"
+
+
 def ids_html(token_strs: Sequence[str], ids: Sequence[int]) -> str:
     """The prompt as the model gets it: each token with its id (and position on hover)."""
     cells = [f'<span title="position {i}" style="display:inline-block;margin:2px;padding:1px 4px;'
@@ -68,6 +98,25 @@ def ids_html(token_strs: Sequence[str], ids: Sequence[int]) -> str:
 
 
 # -- training ------------------------------------------------------------------------------------------
+def training_intro(T: int) -> str:
+    """What the Training tab says first, for a prompt of T >= 2 tokens."""
+    return (f"In training, the prompt is one example: the input **x** = ids[0 : {T - 1}] and the "
+            f"targets **y** = ids[1 : {T}], the same text shifted by one. One forward pass predicts "
+            f"the next token at all {T - 1} positions at once; the causal mask keeps each position "
+            "from seeing its own target.")
+
+
+def training_metrics(tv: TrainingExample) -> list[tuple[str, str]]:
+    """(label, value) of the three numbers that show forward(x, y)'s loss is the per-position mean."""
+    return [("mean of the per-position losses", f"{tv.mean:.4f}"), ("loss returned by forward(x, y)", f"{tv.loss:.4f}"),
+            ("difference", f"{abs(tv.mean - tv.loss):.1e}")]
+
+
+def target_labels(tv: TrainingExample, token_str: Callable[[int], str]) -> list[str]:
+    """Unique axis labels of the targets y (numbered from position 1, where y starts), for loss_figure."""
+    return unique_labels(token_strs(token_str, tv.y), start=1)
+
+
 def training_table(tv: TrainingExample, token_str: Callable[[int], str]) -> pd.DataFrame:
     """One row per position: input x, target y, the top 5 (✓ marks the true next token),
     p(y), rank of y and the cross-entropy -ln p(y)."""
@@ -149,6 +198,24 @@ def step_figure(table: pd.DataFrame) -> go.Figure:
                 title=f"softmax {pcol[2:]}: what is drawn from", y=tokens,
                 x=dict(range=[0, min(1.1, 1.35 * top + 1e-3)], tickformat=".0%", **ticks))]],
         [1, 1], 28 * len(names) + 20)
+
+
+LOOP = ("The loop, once per press: **1** crop to the last block_size tokens · **2** forward, keep the "
+        "last position's logits · **3** softmax(logits / temperature) · **4** sample one token · **5** append it.")
+
+
+def full_prompt(tokenizer: Tokenizer, text: str, drop_unknown: bool) -> tuple[list[int] | None, str | None]:
+    """(the whole prompt's ids, None), or (None, why not): past block_size the loop's crop is what
+    shortens it, so nothing is cut here. Unknown characters are dropped when `drop_unknown`."""
+    try:
+        return tokenizer.encode(text, errors="drop" if drop_unknown else "strict"), None
+    except ValueError as e:  # gpt.tokenizer.UnknownCharsError is one
+        return None, str(e)
+
+
+def start_html(ids: Sequence[int], token_str: Callable[[int], str], block_size: int) -> str:
+    """context_html of the sequence before the first press: what the first step's crop will keep."""
+    return context_html(ids, token_str, max(0, len(ids) - block_size), None)
 
 
 def crop_note(n: int, block_size: int) -> str:
