@@ -78,12 +78,18 @@ def panel() -> None:
             st.caption(ss.pop("_iv_note"))
         how = st.radio("Ablate by", ["zero", "mean"], key=HOW, horizontal=True,
                        help="zero: set to 0. mean: set to its mean over this prompt's positions.")
-        st.caption("Heads (rows: layers, columns: heads)")
+        st.caption("Heads to ablate")
         heads = []
-        for l in range(L):
-            cols = st.columns(H)
+        # a header row of head numbers and a layer label before each row: the boxes themselves
+        # carry no visible label (a sidebar column is too narrow for one beside a box)
+        for l in range(-1, L):
+            cols = st.columns([1.2] + [1] * H, gap="small", vertical_alignment="center")
+            cols[0].caption("" if l < 0 else f"L{l}")
             for h in range(H):
-                if cols[h].checkbox(f"{l}.{h}", key=head_key(l, h), help=f"layer {l} head {h}"):
+                if l < 0:
+                    cols[h + 1].caption(f"H{h}")
+                elif cols[h + 1].checkbox(f"layer {l} head {h}", key=head_key(l, h),
+                                          label_visibility="collapsed"):
                     heads.append((l, h))
         st.caption("MLP layers")
         cols = st.columns(min(L, 6))

@@ -6,6 +6,7 @@ decorated function's source makes a second cache entry. Cached objects are share
 so they are never mutated after creation (models are in eval mode and only run under no_grad) and
 the trace cache has its own lock. Every key that depends on a checkpoint includes its stamp (path
 and mtime), so a rewritten checkpoint is never served stale; every trace key includes the edit.
+The pieces that are not caches (the LRU, the recorded forward, the stamp) live in app.tracecache.
 
   load_model(ref) -> Loaded                 CheckpointError (a clear message) when it cannot load
   current_model() / require_model()         the model of session_state["model_ref"]
@@ -23,24 +24,21 @@ and mtime), so a rewritten checkpoint is never served stale; every trace key inc
 from __future__ import annotations
 
 import functools
-import threading
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import streamlit as st
 import torch
 
 from app import catalog, state
 from app.inspection import Inspection, Loaded, edit_key
+from app.tracecache import TraceCache, checkpoint_stamp, record_forward
 from app.views import layers as vl
 from app.views.prompt import PromptIds
 from app.views.prompt import prompt_ids as _prompt_ids
 from gpt import analysis, heads
-from gpt.checkpoint import CheckpointError, load, resolve_checkpoint
+from gpt.checkpoint import CheckpointError, load
 from gpt.generate import greedy_continuation
-from gpt.model import GPT
 from gpt.record import Recorder
-from gpt.tokenizer import Tokenizer
 from trainers.metrics import MetricsTail
 
 if TYPE_CHECKING:
@@ -56,25 +54,7 @@ ANALYSIS_ENTRIES = 512  # head scores, losses and samples are small: (L, H) tens
 NO_MODEL = "No model yet: train one or load one."
 
 
-# -- models ------------------------------------------------------------------------------------------
-def checkpoint_stamp(ref: str) -> str:
-    """`<resolved checkpoint>@<newest mtime_ns>` of the checkpoint a ref names and of the files
-    load reads beside it (config.json, weights, ckpt.pt, meta.pkl), so load_model never serves a
-    stale model: a running run replaces latest/ at each eval, and a meta.pkl put beside a ckpt.pt
-    must be read. Works for everything gpt.checkpoint.load accepts (a nanoGPT out_dir has no
-    config.json); CheckpointError when the ref cannot be read."""
-    from gpt.checkpoint import CONFIG, WEIGHTS  # (the module's import lines are shared)
-
-    p = resolve_checkpoint(ref)
-    folder = p if p.is_dir() else p.parent
-    try:
-        stamps = [f.stat().st_mtime_ns for f in (p, folder, *(folder / n for n in (
-            CONFIG, WEIGHTS, "ckpt.pt", "meta.pkl", "pytorch_model.bin"))) if f == p or f.exists()]
-    except OSError as e:
-        raise CheckpointError(f"{p}: cannot be read ({e.strerror or e})") from None
-    return f"{p}@{max(stamps)}"
-
-
+# -- models (keyed by app.tracecache.checkpoint_stamp) -------------------------------------------------
 def _make_loaded(ref: str, stamp: str) -> Loaded:
     model, tok, meta = load(ref)
     return Loaded(model=model, tokenizer=tok, meta=meta, ref=ref, label=catalog.describe(ref),
@@ -145,56 +125,15 @@ def require_model() -> Loaded:
     return loaded
 
 
-# -- recorded forwards --------------------------------------------------------------------------------
-class TraceCache:
-    """A thread-safe LRU. The value is made outside the lock (two sessions asking for the same new key
-    may both compute it; the second result simply replaces the first)."""
-
-    def __init__(self, maxsize: int = TRACE_ENTRIES) -> None:
-        self.maxsize = maxsize
-        self._items: OrderedDict[Hashable, object] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable, make: Callable[[], object]) -> object:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = make()
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
-        return value
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
+# -- recorded forwards (app.tracecache.record_forward, kept in its TraceCache LRU) --------------------
 @st.cache_resource
 def _trace_cache() -> TraceCache:
-    return TraceCache()
+    return TraceCache(maxsize=TRACE_ENTRIES)
 
 
 @st.cache_resource
 def _analysis_cache() -> TraceCache:
     return TraceCache(maxsize=ANALYSIS_ENTRIES)
-
-
-def record_forward(model: GPT, ids: Iterable[int], names: Iterable[str] | None,
-                   edit: "Edits | None" = None) -> Recorder:
-    """One recorded forward of `ids` (batch 1) keeping only `names` (None: everything), under `edit`."""
-    rec = Recorder(names=None if names is None else list(names))
-    idx = torch.tensor([list(ids)], dtype=torch.long)  # (1, T)
-    with torch.no_grad():
-        model(idx, rec=rec, edit=edit)
-    return rec
 
 
 def trace(loaded: Loaded, ids: tuple[int, ...], names: tuple[str, ...], edit: "Edits | None" = None) -> Recorder:
@@ -258,10 +197,11 @@ def prompt_loss_at(ref: str, ids: tuple[int, ...]) -> float | None:
         return None
 
 
-def training_example(loaded: Loaded, ids: tuple[int, ...]) -> analysis.TrainingExample:
-    """The prompt as one training example: forward(x, y) and its per-position losses (Walkthrough)."""
-    return _analysis(("training", loaded.ref, loaded.stamp, tuple(ids)),
-                     lambda: analysis.training_example(loaded.model, ids))
+def training_example(loaded: Loaded, ids: tuple[int, ...], edit: "Edits | None" = None) -> analysis.TrainingExample:
+    """The prompt as one training example under `edit`: forward(x, y) and its per-position losses
+    (Walkthrough)."""
+    return _analysis(("training", loaded.ref, loaded.stamp, tuple(ids), edit_key(edit)),
+                     lambda: analysis.training_example(loaded.model, ids, edit=edit))
 
 
 def greedy_sample(loaded: Loaded, ids: tuple[int, ...], n: int) -> tuple[int, ...]:
@@ -271,16 +211,17 @@ def greedy_sample(loaded: Loaded, ids: tuple[int, ...], n: int) -> tuple[int, ..
 
 
 def patch_sweep(loaded: Loaded, source: Loaded | None, clean: tuple[int, ...], corrupt: tuple[int, ...],
-                site: str, answers: tuple[int, int], direction: str = "denoise") -> "PatchResult":
-    """gpt.patching.sweep of logit_diff(*answers) (source None: the model itself), keyed by both
-    checkpoints' ref and stamp, the ids, site, metric and direction. Raises ValueError (bad input)."""
+                site: str, answers: tuple[int, int], direction: str = "denoise", metric: str = "logit_diff"
+                ) -> "PatchResult":
+    """gpt.patching.sweep of the metric named `metric` (gpt.patching.METRICS) on the (clean, corrupted)
+    answers, source None: the model itself; keyed by both checkpoints' ref and stamp, the ids, site,
+    the metric with the answers it reads, and the direction. Raises ValueError (bad input)."""
     from gpt import patching
 
+    m = patching.metric_named(metric, *answers)
     src = (source.ref, source.stamp) if source is not None else None
-    key = ("patch", loaded.ref, loaded.stamp, src, tuple(clean), tuple(corrupt), site, ("logit_diff", *answers),
-           direction)
-    return _analysis(key, lambda: patching.sweep(loaded.model, list(clean), list(corrupt), site,
-                                                 patching.logit_diff(*answers),
+    key = ("patch", loaded.ref, loaded.stamp, src, tuple(clean), tuple(corrupt), site, m.name, direction)
+    return _analysis(key, lambda: patching.sweep(loaded.model, list(clean), list(corrupt), site, m,
                                                  source.model if source is not None else None, direction))
 
 
@@ -352,18 +293,6 @@ def train_data_default() -> str:
     return choose(name if isinstance(name, str) else None, default_data())
 
 
-def sample_text(model: GPT, tokenizer: Tokenizer, n_tokens: int = 100, seed: int = 1337) -> str:
-    """~n_tokens of text generated from a newline (char models) or <|endoftext|> (GPT-2)."""
-    from gpt.generate import generate
-
-    if tokenizer.kind == "gpt2":
-        start, n_tokens = [50256], max(1, n_tokens // 3)  # a BPE token is ~3 characters
-    else:
-        start = tokenizer.encode("\n", errors="drop") or [0]
-    ids = generate(model, start, n_tokens, temperature=0.8, seed=seed)
-    return tokenizer.decode(ids[len(start):])
-
-
 @st.cache_resource(max_entries=16)
 def metrics_tail(run_dir: str) -> MetricsTail:
     """One incremental reader of <run_dir>/metrics.jsonl per run, shared by sessions (it locks)."""
@@ -372,8 +301,10 @@ def metrics_tail(run_dir: str) -> MetricsTail:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def run_sample(ckpt: str, it: int) -> str:
-    """sample_text of the checkpoint folder `ckpt` saved at iteration `it` (the key: a new eval
-    writes a new iter, so the sample refreshes then and only then)."""
+    """app.views.training.sample_text of the checkpoint folder `ckpt` saved at iteration `it` (the
+    key: a new eval writes a new iter, so the sample refreshes then and only then)."""
+    from app.views.training import sample_text
+
     model, tok, _ = load(ckpt)
     return sample_text(model, tok)
 
@@ -385,8 +316,27 @@ def clear_caches() -> None:
     _trace_cache.clear()
     _analysis_cache().clear()
     _analysis_cache.clear()
+    _flow_cache.clear()
 
 
 __all__ = ["Loaded", "load_model", "current_model", "require_model", "show_no_model", "trace",
            "prompt_ids", "PromptIds", "clear_caches", "checkpoint_stamp", "NO_MODEL", "model_scores",
            "snapshot_scores", "model_views", "prompt_loss", "greedy_sample"]
+
+
+# -- attribution (the Attribution page: gpt.flow contributions, its own small LRU) ---------------------
+FLOW_ENTRIES = 8  # a bundled-model entry at T=256 is 4 MB of shares; GPT-2 at T=160 about 60 MB
+
+
+@st.cache_resource
+def _flow_cache() -> TraceCache:
+    return TraceCache(maxsize=FLOW_ENTRIES)
+
+
+def attribution_flow(insp: Inspection) -> "flow.Contributions":
+    """gpt.flow.contributions of the Inspection's prompt under its edit, from its recording (which
+    must hold app.views.attribution.NAMES), cached by (model, stamp, ids, edit key); read-only."""
+    from gpt import flow
+
+    key = ("flow", insp.loaded.ref, insp.loaded.stamp, insp.ids, edit_key(insp.edit))
+    return _flow_cache().get(key, lambda: flow.contributions(insp.model, insp.ids, insp.edit, rec=insp.rec))

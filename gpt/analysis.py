@@ -16,7 +16,7 @@ own output distribution.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -215,8 +215,8 @@ class TrainingExample:
 
 
 @torch.no_grad()
-def training_example(model: torch.nn.Module, ids: Sequence[int], k: int = 5) -> TrainingExample:
-    """One forward(x, y) of the prompt (needs >= 2 tokens) and its per-position losses
+def training_example(model: torch.nn.Module, ids: Sequence[int], k: int = 5, edit: Any = None) -> TrainingExample:
+    """One forward(x, y, edit=edit) of the prompt (needs >= 2 tokens) and its per-position losses
     (per_position_loss of the same logits, so their mean is the forward's loss). Tensors come back
     on the CPU."""
     if len(ids) < 2:
@@ -224,7 +224,7 @@ def training_example(model: torch.nn.Module, ids: Sequence[int], k: int = 5) -> 
     dev = next(model.parameters()).device
     x = torch.tensor([list(ids[:-1])], dtype=torch.long, device=dev)  # (1, T-1)
     y = torch.tensor([list(ids[1:])], dtype=torch.long, device=dev)  # (1, T-1) shifted by one
-    logits, loss = model(x, y)  # logits (1, T-1, V)
+    logits, loss = model(x, y, edit=edit)  # logits (1, T-1, V)
     per = per_position_loss(logits[0], y[0]).cpu()  # (T-1,)
     probs = sampling_distribution(logits[0].cpu(), 1.0)  # (T-1, V) plain softmax
     top_p, top_i = torch.topk(probs, min(k, probs.size(-1)), dim=-1)  # (T-1, k) each

@@ -70,6 +70,22 @@ def loss() -> Metric:
     return Metric("loss", fn)
 
 
+METRICS = {"logit_diff": "logit difference: clean answer − corrupted answer",  # the named metrics
+           "prob": "probability of the clean answer", "loss": "loss of the clean prompt's next tokens"}
+
+
+def metric_named(name: str, clean_answer: int, corrupt_answer: int) -> Metric:
+    """The metric METRICS calls `name`, on the two answer tokens (prob reads only the clean one,
+    loss neither). An unknown name raises ValueError."""
+    if name == "logit_diff":
+        return logit_diff(clean_answer, corrupt_answer)
+    if name == "prob":
+        return prob(clean_answer)
+    if name == "loss":
+        return loss()
+    raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
+
+
 # -- the result ----------------------------------------------------------------------------------------
 @dataclass
 class PatchResult:

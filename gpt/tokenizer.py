@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import json
+import re
 import unicodedata
 from abc import ABC, abstractmethod
 from typing import Any, Iterable
@@ -48,6 +49,14 @@ def visible(s: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def invisible(s: str) -> str:
+    """The inverse of `visible` on what a person types back: the VISIBLE glyphs and <U+XXXX> become
+    the characters they stand for (so "·" in an answer box means a space)."""
+    back = {g: ch for ch, g in VISIBLE.items()}
+    s = re.sub(r"<U\+([0-9A-Fa-f]{4,6})>", lambda m: chr(int(m.group(1), 16)), s)
+    return "".join(back.get(ch, ch) for ch in s)
 
 
 def _check_errors(errors: str) -> None:

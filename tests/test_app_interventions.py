@@ -1,7 +1,7 @@
 """The sidebar Interventions panel under AppTest with the tiny trained run (2 layers, 2 heads):
 ticking heads puts a banner on every inspector page and runs them under the edit, Next token shows
 original and edited distributions with Δloss, Generate steps the edited model (parity with
-gpt.generate.Generator), "turn off" works, bad neuron lists get their message, and a smaller model
+gpt.generate.Generator), the Walkthrough's stages show the edited model's values, "turn off" works, bad neuron lists get their message, and a smaller model
 clears the parts it does not have."""
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from app import resources
 from app.views import interventions as vi
 from gpt.edit import Edits
 from gpt.generate import Generator
+from gpt.record import Recorder
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 PAGES = {"attention": "screens/attention.py", "layers": "screens/layers.py",
-         "next_token": "screens/next_token.py", "generate": "screens/generate.py"}
+         "next_token": "screens/next_token.py", "generate": "screens/generate.py",
+         "walkthrough": "screens/walkthrough.py"}
 PROMPT = "To be, or not to be"
 
 
@@ -53,7 +55,7 @@ def tick_two_heads(at: AppTest) -> AppTest:
     return at
 
 
-@pytest.mark.parametrize("page", ["attention", "layers", "next_token"])
+@pytest.mark.parametrize("page", ["attention", "layers", "next_token", "walkthrough"])
 def test_two_ticked_heads_show_the_banner_and_turn_off_removes_it(root: Path, page: str) -> None:
     at = start(page)
     assert banner(at) == ""
@@ -84,6 +86,45 @@ def test_next_token_shows_original_and_edited_distributions_and_dloss(root: Path
     assert len(got) == 1
     assert got[0]["data"][0]["y"] == pytest.approx(want, abs=1e-5)
     assert any(abs(v) > 1e-6 for v in want), "the ablation should change the loss somewhere"
+
+
+def test_walkthrough_shows_the_edited_models_values(root: Path) -> None:
+    at = start("walkthrough")
+    at.selectbox(key="wt_stage").set_value("resid_post").run()
+    at.selectbox(key="layer").set_value(1).run()
+
+    def after_norms() -> list[float]:  # the norms of resid_post at each position, as drawn
+        return [d["x"] for f in charts(at) for d in f["data"] if d.get("name") == "after"][0]
+    before = after_norms()
+    at.checkbox(key="iv_h_0_0").check().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "1 head ablated (zero)" in banner(at)
+    loaded = resources.load_model(at.session_state["model_ref"])
+    ids = torch.tensor([loaded.tokenizer.encode(PROMPT)])
+    want = {}
+    for label, e in (("original", None), ("edited", Edits().ablate_heads(0, [0]))):
+        rec = Recorder(["blocks.1.hook_resid_post"])
+        with torch.no_grad():
+            loaded.model(ids, rec=rec, edit=e)
+        want[label] = rec["blocks.1.hook_resid_post"][0].float().norm(dim=-1).tolist()  # (T,)
+    assert before == pytest.approx(want["original"], abs=1e-5)
+    assert after_norms() == pytest.approx(want["edited"], abs=1e-5)
+    assert max(abs(a - b) for a, b in zip(want["original"], want["edited"])) > 1e-4
+
+
+def test_walkthrough_training_tab_trains_on_the_edited_model(root: Path) -> None:
+    at = start("walkthrough")
+    at.session_state["wt_tab"] = "Training"
+    at.checkbox(key="iv_h_0_0").check().run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {m.label: float(m.value) for m in at.metric}["loss returned by forward(x, y)"]
+    loaded = resources.load_model(at.session_state["model_ref"])
+    ids = torch.tensor([loaded.tokenizer.encode(PROMPT)])
+    with torch.no_grad():  # forward(x, y) under the same ablation, and without it
+        edited = loaded.model(ids[:, :-1], ids[:, 1:], edit=Edits().ablate_heads(0, [0]))[1].item()
+        original = loaded.model(ids[:, :-1], ids[:, 1:])[1].item()
+    assert abs(edited - original) > 1e-3, "the ablation should change the loss"
+    assert shown == pytest.approx(edited, abs=1e-3)
 
 
 def test_generate_steps_the_edited_model(root: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 from gpt.config import GPTConfig
 from gpt.edit import Edits
 from gpt.model import GPT
-from gpt.patching import SITES, logit_diff, loss, patched_logits, prob, sweep
+from gpt.patching import METRICS, SITES, logit_diff, loss, metric_named, patched_logits, prob, sweep
 from gpt.record import Recorder
 
 torch.set_num_threads(1)
@@ -221,3 +221,15 @@ def test_bad_input_gets_its_message(model: GPT, prompts, name: str) -> None:
     kw = dict(args[3]) if len(args) > 3 else {}
     with pytest.raises(ValueError, match=message):
         sweep(model, *args[:3], kw.pop("metric", logit_diff(5, 9)), **kw)
+
+
+def test_metric_named_builds_each_metric_and_refuses_others(model: GPT) -> None:
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        logits = model(ids, targets=ids)[0]  # (1, T, V)
+    for name, want in (("logit_diff", logit_diff(5, 7)), ("prob", prob(5)), ("loss", loss())):
+        got = metric_named(name, 5, 7)
+        assert got.name == want.name and name in METRICS
+        assert torch.equal(got(logits, ids), want(logits, ids))
+    with pytest.raises(ValueError, match="unknown metric 'kl'; choose one of logit_diff, prob, loss"):
+        metric_named("kl", 5, 7)

@@ -12,7 +12,9 @@ from gpt.tokenizer import (
     GPT2Tokenizer,
     Tokenizer,
     UnknownCharsError,
+    invisible,
     tokenizer_from_dict,
+    visible,
 )
 
 CORPUS = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
@@ -160,3 +162,10 @@ def test_from_dict_errors() -> None:
         tokenizer_from_dict({"kind": "sentencepiece"})
     with pytest.raises(ValueError, match="chars"):
         tokenizer_from_dict({"kind": "char"})
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="·⏎⇥␍<")))
+def test_invisible_undoes_visible(s: str) -> None:
+    """What the app shows (visible) reads back as the same text (invisible), control characters
+    shown as <U+XXXX> included; "<" is left out since a typed "<U+0041>" means "A"."""
+    assert invisible(visible(s)) == s

@@ -2,6 +2,7 @@
 click decodes back to the cell that gpt.patching.patched_logits takes."""
 from __future__ import annotations
 
+import plotly.colors
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -50,5 +51,27 @@ def test_cell_pick_decodes_clicks() -> None:
 
 def test_top_next_shows_the_argmax_first() -> None:
     logits = torch.tensor([[0.0, 3.0, 1.0]])
-    fig = vp.top_next(logits, lambda ids: "xyz"[ids[0]], k=2)
+    fig = vp.top_next(logits, lambda i: "xyz"[i], k=2)
     assert fig.data[0].y[0] == "1. y" and fig.data[0].x[0] == pytest.approx(torch.softmax(logits[0], 0)[1].item())
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_caption_names_the_metric_and_the_colours_the_map_draws(model: GPT, direction: str) -> None:
+    res = patching.sweep(model, [1, 2, 3], [1, 9, 3], "resid_pre", patching.prob(3), direction=direction)
+    cap = vp.caption("prob", direction, ("c", "x"), res.clean, res.corrupt, "run · iter 10")
+    assert "p('c')" in cap and f"clean run {res.clean:.4g}, corrupted run {res.corrupt:.4g}" in cap
+    assert ("prompt, with this one activation taken from the " + ("clean" if direction == "denoise" else "corrupted")
+            + " run of run · iter 10") in cap
+    # the colour the caption names for 1 is the one the figure draws at the top of its scale
+    marker = vp.heatmap_figure(res.normalized(), res.values, res.dims, list("abc"), "p").data[0].marker
+    assert marker.cmid == 0 and not marker.reversescale  # the scale's middle is 0, its top end 1 and beyond
+    scale = marker.colorscale
+    (lo, bottom), (mid, middle), (hi, top) = scale[0], scale[len(scale) // 2], scale[-1]
+    assert (lo, mid, hi) == (0, 0.5, 1)
+
+    def name(colour: str) -> str | None:  # the channel that dominates: red or blue
+        rgb = plotly.colors.unlabel_rgb(colour)
+        return {0: "red", 2: "blue"}.get(max(range(3), key=lambda i: rgb[i]))
+    assert f"1 ({name(top)})" in cap and f"below 0 ({name(bottom)})" in cap
+    assert len(set(plotly.colors.unlabel_rgb(middle))) == 1 and "0 (grey)" in cap  # r = g = b: grey
+    assert vp.metric_label("logit_diff", ("c", "x")) == "logit('c') − logit('x')"

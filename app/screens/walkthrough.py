@@ -17,8 +17,6 @@ from app.generation import GenerationSession, Settings
 from app.inspection import Inspection, clamp
 from app.views import walkthrough as vw
 from app.views import walkthrough_stages as vs
-from app.views.tokens import token_strs, unique_labels
-from gpt.tokenizer import UnknownCharsError
 
 STAGE_KEY, TAB_KEY, DIAGRAM_KEY = "wt_stage", "wt_tab", "wt_diagram"
 ss = st.session_state
@@ -26,8 +24,7 @@ session = GenerationSession(ss, "_wt_gen")
 
 
 def on_diagram_click(key: str, n_layer: int) -> None:
-    got = vw.pick(ss.get(key), ss[STAGE_KEY], n_layer)
-    if got is not None:
+    if (got := vw.pick(ss.get(key), ss[STAGE_KEY], n_layer)) is not None:
         ss[STAGE_KEY] = got[0]
         if got[1] is not None:
             ss[state.LAYER] = got[1]
@@ -43,11 +40,10 @@ def pipeline(insp: Inspection, stage: str) -> None:
                  help="Or click a box in the diagram.")
     c2.selectbox("Layer", range(cfg.n_layer), key=state.LAYER, disabled=not vs.STAGES[stage].in_block)
     c3.selectbox("Head", range(cfg.n_head), key=state.HEAD, disabled=stage != "attn")
-    st.subheader(vs.STAGES[stage].label + (f" · block {insp.layer}" if vs.STAGES[stage].in_block else ""))
+    st.subheader(vw.stage_heading(stage, insp.layer))
     st.markdown(vs.sentence(stage, cfg, T))
-    shape, detail = vs.stage_shapes(cfg, T)[stage].replace("<br>", " "), vw.stage_detail(insp, stage)
-    st.caption(f"shape {shape} — " + ("each token with its id below it" if stage == "ids" else
-                                      "hover a cell for its value"))
+    detail = vw.stage_detail(insp, stage)
+    st.caption(vw.shape_caption(cfg, T, stage))
     if stage == "ids":
         st.markdown(vw.ids_html(insp.strs, insp.ids), unsafe_allow_html=True)
     for i, fig in enumerate(detail.figures):  # none for the ids
@@ -60,39 +56,29 @@ def pipeline(insp: Inspection, stage: str) -> None:
             st.caption(panel.note)
             for j, f in enumerate(panel.figures):
                 st.plotly_chart(f, key=f"wt_panel_{i}_{j}")
-    traced = f"a trace recording {len(insp.names)} name(s)" if insp.rec is not None else "no trace"
-    st.caption(f"ready in {(time.perf_counter() - t0) * 1000:.0f} ms ({traced}, figures and sending them; "
-               "traces are cached per prompt and stage)")
+    st.caption(vw.ready_note((time.perf_counter() - t0) * 1000, len(insp.names) if insp.rec is not None else None))
 
 
 def training(insp: Inspection) -> None:
-    T = insp.T
-    if T < 2:
+    if insp.T < 2:
         st.info("Training needs at least two tokens: an input and the next token it should predict.")
         return
     t0 = time.perf_counter()
-    tv = resources.training_example(insp.loaded, insp.ids)
-    st.markdown(f"In training, the prompt is one example: the input **x** = ids[0 : {T - 1}] and the "
-                f"targets **y** = ids[1 : {T}], the same text shifted by one. One forward pass predicts "
-                f"the next token at all {T - 1} positions at once; the causal mask keeps each position "
-                "from seeing its own target.")
-    c1, c2, c3 = st.columns(3)
-    c1.metric("mean of the per-position losses", f"{tv.mean:.4f}")
-    c2.metric("loss returned by forward(x, y)", f"{tv.loss:.4f}")
-    c3.metric("difference", f"{abs(tv.mean - tv.loss):.1e}")
+    tv = resources.training_example(insp.loaded, insp.ids, insp.edit)
+    st.markdown(vw.training_intro(insp.T))
+    components.metric_row(vw.training_metrics(tv))
     st.dataframe(vw.training_table(tv, insp.token_str), hide_index=True, height=420, column_config={
         "p(y)": st.column_config.ProgressColumn("p(y)", min_value=0.0, max_value=1.0, format="%.3f"),
         "loss −ln p(y)": st.column_config.NumberColumn(format="%.3f")})
-    st.plotly_chart(vw.loss_figure(tv, unique_labels(token_strs(insp.token_str, tv.y), start=1)), key="wt_loss")
+    st.plotly_chart(vw.loss_figure(tv, vw.target_labels(tv, insp.token_str)), key="wt_loss")
     st.caption(f"ready in {(time.perf_counter() - t0) * 1000:.0f} ms (one forward(x, y), the table and the chart)")
 
 
 def generation(insp: Inspection) -> None:
-    cfg, tok = insp.config, insp.loaded.tokenizer
-    try:  # the whole prompt: past block_size the loop's crop is what shortens it
-        full = tok.encode(ss.get(state.PROMPT) or "", errors="drop" if ss.get(components.DROP_KEY) else "strict")
-    except (UnknownCharsError, ValueError) as e:
-        st.error(str(e))
+    cfg, text = insp.config, ss.get(state.PROMPT) or ""
+    full, err = vw.full_prompt(insp.loaded.tokenizer, text, bool(ss.get(components.DROP_KEY)))  # the loop crops it
+    if err is not None:
+        st.error(err)
         return
     c1, c2, c3 = st.columns(3)
     temp = c1.slider("temperature", 0.0, 2.0, 1.0, 0.05, key="wt_temp", help="0 = always the most likely token")
@@ -103,14 +89,11 @@ def generation(insp: Inspection) -> None:
     b1.button("Next token ▶", key="wt_next", type="primary", on_click=session.step)
     b2.button("Back", key="wt_back", disabled=gs.n_new == 0, on_click=session.back)
     b3.button("Reset", key="wt_reset", disabled=gs.n_new == 0, on_click=session.reset)
-    st.markdown("The loop, once per press: **1** crop to the last block_size tokens · **2** forward, keep the "
-                "last position's logits · **3** softmax(logits / temperature) · **4** sample one token · "
-                "**5** append it.")
+    st.markdown(vw.LOOP)
     last = session.last()
     if last is None:
         st.info(vw.loop_intro(len(gs.ids), cfg.block_size))
-        st.markdown(vw.context_html(gs.ids, insp.token_str, max(0, len(gs.ids) - cfg.block_size), None),
-                    unsafe_allow_html=True)
+        st.markdown(vw.start_html(gs.ids, insp.token_str, cfg.block_size), unsafe_allow_html=True)
         return
     parts, table = vw.loop_steps(last[0], last[1], gs.ids, cfg, insp.token_str)
     for kind, body in parts:
@@ -124,16 +107,12 @@ def generation(insp: Inspection) -> None:
 
 
 st.title("Walkthrough")
-st.caption("ids → token + position embedding → [LayerNorm → attention → + → LayerNorm → MLP → +] × n_layer "
-           "→ LayerNorm → lm_head → logits, for the model and prompt in hand.")
-if ss.get(STAGE_KEY) not in vs.STAGES:
-    ss[STAGE_KEY] = "tok_emb"
-stage = ss[STAGE_KEY]
-loaded = resources.require_model()
-names = vs.stage_names(stage, clamp(ss.get(state.LAYER), loaded.config.n_layer))
-on_pipeline = ss.get(TAB_KEY, "Pipeline") == "Pipeline"  # only the open tab's work runs
-insp = components.inspection(names, check=vs.stage_names("attn", loaded.config.n_layer - 1),
-                             record=bool(names) and on_pipeline)
+st.caption(vw.PIPELINE)
+if (stage := ss.get(STAGE_KEY)) not in vs.STAGES:
+    stage = ss[STAGE_KEY] = "tok_emb"
+n_layer = resources.require_model().config.n_layer
+names, check, record = vw.recording(stage, clamp(ss.get(state.LAYER), n_layer), n_layer, ss.get(TAB_KEY, "Pipeline"))
+insp = components.inspection(names, check=check, record=record)  # only the open tab's work runs
 tabs = st.tabs(["Pipeline", "Training", "Generation"], key=TAB_KEY, on_change="rerun")
 for tab, section in zip(tabs, (lambda: pipeline(insp, stage), lambda: training(insp), lambda: generation(insp))):
     if tab.open:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Locator, Page
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -84,3 +84,14 @@ def screenshot(page: "Page", name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def click_point(page: "Page", point: "Locator") -> None:
+    """Click a plotly scatter point (a Locator of its path) at its centre, as a person would."""
+    point.scroll_into_view_if_needed()  # a mouse click lands only inside the viewport
+    box = point.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)  # plotly picks the clicked point from its hover data: hover first
+    page.wait_for_timeout(200)
+    page.mouse.click(x, y)

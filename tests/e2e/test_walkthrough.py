@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.e2e.helpers import assert_no_exception, open_app, screenshot, wait_for_app
+from tests.e2e.helpers import assert_no_exception, click_point, open_app, screenshot, wait_for_app
 
 ATTN = "Multi-head self-attention"
 N_TOP = 8  # tiny model (2 layers): ids, wte, wpe, +, block 0, block 1, ln_f, lm_head; then the block's inside
@@ -51,12 +51,7 @@ def test_clicking_the_attention_box_selects_it(page, live_app: str) -> None:
     page.set_viewport_size({"width": 1280, "height": 1400})
     open_app(page, live_app + "/walkthrough")
     point = page.locator("[data-testid='stPlotlyChart']").first.locator(".scatterlayer .point").nth(ATTN_POINT)
-    box = point.bounding_box()
-    assert box is not None
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x, y)  # plotly picks the clicked point from its hover data: hover first
-    page.wait_for_timeout(200)
-    page.mouse.click(x, y)
+    click_point(page, point)
     # the selection reaches the server a moment after the click: wait for its rerun's result
     expect(_stage_selector(page).locator("input")).to_have_value(ATTN, timeout=30_000)
     wait_for_app(page)
