@@ -6,14 +6,16 @@ snapshots/iter_N, which folder is a run) is named only in gpt.checkpoint, which 
 with; the runs and their states come from trainers.runs.list_runs. Pages never build a run path:
 they ask here. No Streamlit and no torch here, so tests and the router import it cheaply.
 
-  bundled_path() -> Path | None            $NANOLENS_BUNDLED, else <repo>/checkpoints/shakespeare-char
+  bundled_paths() -> [Path]                the bundled models, the default first: $NANOLENS_BUNDLED
+                                           (os.pathsep-separated), else <repo>/checkpoints/<BUNDLED_NAMES>
+  bundled_path() -> Path | None            the default bundled model (shakespeare-char)
   has_checkpoint(path) -> bool             something load() may accept (run, folder, ckpt.pt, HF folder)
   default_ref() -> str | None              bundled, else the newest run with a checkpoint
   describe(ref) -> str                     "bundled · x", "run · latest", "run · iter 500", "upload · f"
   entries(snapshots=True) -> [Entry]       everything pickable without typing a path
-  sources() -> [Source]                    the bundled model and the runs, for two-level pickers
+  sources() -> [Source]                    the bundled models and the runs, for two-level pickers
   checkpoints(source) -> [Entry]           one source's latest, best and snapshots (newest first)
-  timeline_runs(current_ref) -> [Source]   runs that kept snapshots, the current and bundled first
+  timeline_runs(current_ref) -> [Source]   runs that kept snapshots, the current and the bundled first
   snapshots(run) -> [(iter, Path)]
 """
 from __future__ import annotations
@@ -27,8 +29,11 @@ from gpt.checkpoint import (CheckpointError, SNAPSHOT_RE, best_dir, checkpoints_
 from trainers.runs import list_runs
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLED_NAME = "shakespeare-char"  # <repo>/checkpoints/<this> is the bundled model
-BUNDLED_SOURCE = "(bundled model)"  # the source key of the bundled model in two-level pickers
+# <repo>/checkpoints/<these> are the bundled models: the first (the default, what the app opens on)
+# a character-level Shakespeare model, the second one that grows an induction head while it trains
+BUNDLED_NAMES = ("shakespeare-char", "shakespeare-induction")
+BUNDLED_NAME = BUNDLED_NAMES[0]
+BUNDLED_SOURCE = "(bundled model)"  # the source key of the default bundled model in two-level pickers
 UPLOADS = ".uploads"  # under the checkpoints root; hidden, so never listed as a run
 # what reading a hand-edited or half-written run folder can raise: such a run lists no checkpoints
 # (trainers.runs.list_runs shows it as "unreadable"), and no page goes down with it
@@ -64,17 +69,31 @@ def has_checkpoint(path: str | os.PathLike) -> bool:
     return p.is_file() or (p / "config.json").is_file() or (p / "ckpt.pt").is_file()
 
 
-def bundled_path() -> Path | None:
-    """$NANOLENS_BUNDLED when set ("" means: no bundled model), else <repo>/checkpoints/
-    shakespeare-char when it holds a checkpoint; None otherwise."""
+def bundled_paths() -> list[Path]:
+    """The bundled models that hold a checkpoint, the default first: the paths in $NANOLENS_BUNDLED
+    when it is set (separated by os.pathsep; "" means: no bundled model), else <repo>/checkpoints/
+    <name> for each of BUNDLED_NAMES."""
     env = os.environ.get("NANOLENS_BUNDLED")
     if env is not None:
-        if not env.strip():
-            return None
-        p = Path(env).expanduser()
-        return p if has_checkpoint(p) else None
-    p = REPO / "checkpoints" / BUNDLED_NAME
-    return p if p.exists() and has_checkpoint(p) else None
+        paths = [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
+    else:
+        paths = [REPO / "checkpoints" / name for name in BUNDLED_NAMES]
+    out: list[Path] = []
+    for p in paths:
+        if p.exists() and has_checkpoint(p) and not any(_is_bundled(p, q) for q in out):
+            out.append(p)
+    return out
+
+
+def bundled_path() -> Path | None:
+    """The default bundled model (the first of bundled_paths()), or None."""
+    return next(iter(bundled_paths()), None)
+
+
+def bundled_key(i: int, path: Path) -> str:
+    """The source key of the i-th bundled model: BUNDLED_SOURCE for the default, else
+    "(bundled model) <folder name>" (never a run name: those have no spaces or parentheses)."""
+    return BUNDLED_SOURCE if i == 0 else f"{BUNDLED_SOURCE} {path.name}"
 
 
 def _is_bundled(p: Path, bundled: Path | None) -> bool:
@@ -112,9 +131,9 @@ def describe(ref: str | os.PathLike) -> str:
     from app import uploads  # (app.uploads imports this module)
 
     p = Path(ref).expanduser()
-    bundled = bundled_path()
-    if _is_bundled(p, bundled):
-        return f"bundled · {bundled.name}"
+    for bundled in bundled_paths():
+        if _is_bundled(p, bundled):
+            return f"bundled · {bundled.name}"
     try:
         parts = p.resolve().relative_to(checkpoints_root().resolve()).parts
     except (ValueError, OSError):
@@ -175,44 +194,48 @@ def _run_entries(run: Path, name: str, snaps: bool) -> list[Entry]:
     return out
 
 
+def _bundled_sources() -> list[Source]:
+    return [Source(bundled_key(i, b), f"bundled · {b.name}", b) for i, b in enumerate(bundled_paths())]
+
+
 def sources() -> list[Source]:
-    """The bundled model (if any), then each run under the checkpoints root, newest first."""
-    bundled = bundled_path()
-    out = [Source(BUNDLED_SOURCE, f"bundled · {bundled.name}", bundled)] if bundled is not None else []
+    """The bundled models (the default first), then each run under the checkpoints root, newest
+    first; a bundled model's run folder is not listed again as a run."""
+    out = _bundled_sources()
     for r in list_runs():
         d = Path(r["path"])
-        if not _is_bundled(d, bundled):
+        if not any(_is_bundled(d, b.path) for b in out):
             out.append(Source(r["name"], r["name"], d))
     return out
 
 
 def checkpoints(source: str) -> list[Entry]:
-    """The checkpoints of one source (BUNDLED_SOURCE or a run name): for the bundled model its own
+    """The checkpoints of one source (a bundled key or a run name): for a bundled model its own
     entry, for a run its latest, best and snapshots, newest snapshot first. [] when it is gone."""
-    bundled = bundled_path()
-    if source == BUNDLED_SOURCE:
-        return [Entry(str(bundled), describe(bundled), "bundled")] if bundled is not None else []
+    for b in _bundled_sources():
+        if source == b.key:
+            return [Entry(str(b.path), b.label, "bundled")]
+    if source.startswith(BUNDLED_SOURCE):
+        return []  # a bundled model that is gone
     run = checkpoints_root() / source
     return _run_entries(run, source, snaps=True) if run.is_dir() else []
 
 
 def entries(snapshots: bool = True) -> list[Entry]:
-    """Everything the app can inspect without a path or an upload: the bundled model, then each
+    """Everything the app can inspect without a path or an upload: the bundled models, then each
     run (newest first) with its latest, best and (if `snapshots`) every snapshot that exists.
     A run that has no checkpoint yet is left out."""
-    out: list[Entry] = []
-    for s in sources():
-        if s.key == BUNDLED_SOURCE:
-            out.append(Entry(str(s.path), s.label, "bundled"))
-        else:
-            out += _run_entries(s.path, s.key, snapshots)
+    bundled = _bundled_sources()
+    out = [Entry(str(b.path), b.label, "bundled") for b in bundled]
+    for s in sources()[len(bundled):]:
+        out += _run_entries(s.path, s.key, snapshots)
     return out
 
 
 def timeline_runs(current_ref: str | None) -> list[Source]:
     """Every run with at least one snapshot: the current model's run first (the Timeline opens on
-    the model being inspected), then the bundled model's run, then the others newest first. Each
-    folder appears once; the bundled run keeps its "bundled" label when it is the current one."""
+    the model being inspected), then the bundled models' runs, then the others newest first. Each
+    folder appears once; a bundled run keeps its "bundled" label when it is the current one."""
     out: list[Source] = []
     seen: set[Path] = set()
 
@@ -221,13 +244,13 @@ def timeline_runs(current_ref: str | None) -> list[Source]:
             seen.add(run.resolve())
             out.append(Source(run.name, label, run))
 
-    bundled = bundled_path()
-    b_run = run_of(bundled) if bundled is not None else None
+    b_runs = [r for r in (run_of(b) for b in bundled_paths()) if r is not None]
     cur = run_of(current_ref)
-    if cur is not None and b_run is not None and cur.resolve() == b_run.resolve():
-        cur = None  # the bundled run is the current one: listed first below, as the bundled run
-    add(cur, f"{cur.name} (current model)" if cur else "")
-    add(b_run, f"bundled · {b_run.name}" if b_run else "")
+    if cur is not None:
+        bundled = any(_is_bundled(cur, r) for r in b_runs)
+        add(cur, f"bundled · {cur.name}" if bundled else f"{cur.name} (current model)")
+    for r in b_runs:
+        add(r, f"bundled · {r.name}")
     for s in sources():
         try:
             add(run_of(s.path), s.key)

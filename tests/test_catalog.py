@@ -4,6 +4,7 @@ labels and the default, all read through gpt.checkpoint's layout helpers."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -65,6 +66,34 @@ def test_a_bundled_run_is_listed_once(root: Path, monkeypatch: pytest.MonkeyPatc
     assert keys == [catalog.BUNDLED_SOURCE]  # not again as a run
     assert [s.path for s in catalog.timeline_runs(str(run))] == [run]
     assert catalog.timeline_runs(str(run))[0].label == "bundled · tiny-run"  # current, and still "bundled"
+
+
+def test_both_repo_bundled_models_are_listed_the_first_the_default(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With NANOLENS_BUNDLED unset, the repo's checkpoints/shakespeare-char (the default) and
+    checkpoints/shakespeare-induction are both bundled models: picked, labelled and on the Timeline,
+    never listed again as runs (they live under the default checkpoints root)."""
+    monkeypatch.delenv("NANOLENS_BUNDLED", raising=False)
+    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(catalog.REPO / "checkpoints"))
+    char, induction = (catalog.REPO / "checkpoints" / n for n in catalog.BUNDLED_NAMES)
+    assert catalog.bundled_paths() == [char, induction]
+    assert catalog.bundled_path() == char and catalog.default_ref() == str(char)
+    assert catalog.describe(induction) == "bundled · shakespeare-induction"
+    srcs = catalog.sources()
+    assert [(s.key, s.path) for s in srcs[:2]] == [(catalog.BUNDLED_SOURCE, char),
+                                                   ("(bundled model) shakespeare-induction", induction)]
+    assert [s.path for s in srcs].count(induction) == 1  # not again as a run
+    assert catalog.checkpoints(srcs[1].key) == [
+        catalog.Entry(str(induction), "bundled · shakespeare-induction", "bundled")]
+    assert [(e.ref, e.which) for e in catalog.entries()[:2]] == [(str(char), "bundled"),
+                                                                 (str(induction), "bundled")]
+    timeline = catalog.timeline_runs(str(induction))  # the current model's run first, still "bundled"
+    assert [(s.path, s.label) for s in timeline[:2]] == [(induction, "bundled · shakespeare-induction"),
+                                                         (char, "bundled · shakespeare-char")]
+    # NANOLENS_BUNDLED lists bundled models (os.pathsep between them); a missing one is left out
+    monkeypatch.setenv("NANOLENS_BUNDLED", os.pathsep.join([str(induction), str(tmp_path / "gone"), str(char)]))
+    assert catalog.bundled_paths() == [induction, char] and catalog.default_ref() == str(induction)
+    assert catalog.checkpoints("(bundled model) gone") == []
 
 
 def test_run_entries_latest_best_and_snapshots(root: Path, tiny_checkpoint) -> None:

@@ -158,3 +158,60 @@ def test_get_batch_windows_shift_and_reproducibility():
     assert torch.equal((x[:, 1:] - x[:, :-1]) % 50, torch.ones(4, 15, dtype=torch.long))  # contiguous
     xv, _ = c.get_batch("val", 64, 16, g1, "cpu")
     assert set(xv.flatten().tolist()) <= set((np.arange(900, 1000) % 50).tolist())
+
+
+# -- shakespeare-repeats --------------------------------------------------------------------------
+def strip_repeats(out: str, text: str) -> list[int]:
+    """Walk `out` (repeat_spans of `text`) piece by piece between marks, checking that removing
+    each mark with the copy after it gives back `text` exactly, in order; return the copies'
+    lengths. A piece after a mark is a copy of the text just before it followed by what came next
+    in `text`, so it must equal text[pos - L : pos - L + len(piece)] for the copy length L."""
+    pieces = out.split(D.REPEAT_MARK)
+    assert text.startswith(pieces[0])
+    pos, lengths = len(pieces[0]), []
+    for piece in pieces[1:]:
+        fits = [n for n in range(1, D.REPEAT_MAX + 1) if text[pos - n:pos - n + len(piece)] == piece]
+        assert fits, f"the piece at {pos} is not a copy followed by the text that came next: {piece[:60]!r}"
+        lengths.append(fits[0])
+        pos += len(piece) - fits[0]
+    assert pos == len(text)  # everything covered, nothing added
+    return lengths
+
+
+def test_repeat_spans_is_deterministic_and_only_repeats():
+    text = D.python_docs_text()[:60000].replace(D.REPEAT_MARK, "/")  # any text without the mark
+    out = D.repeat_spans(text, seed=5)
+    assert out == D.repeat_spans(text, seed=5) and out != D.repeat_spans(text, seed=6)
+    lengths = strip_repeats(out, text)
+    assert len(out) == len(text) + sum(lengths) + len(lengths)  # each mark adds itself and a copy
+    assert all(D.REPEAT_MIN <= n <= D.REPEAT_MAX for n in lengths[:-1])  # (the last span may be short)
+    spans = len(text) / ((D.REPEAT_MIN + D.REPEAT_MAX) / 2)  # about this many spans
+    assert 0.4 < len(lengths) / spans < 0.6  # about half of them repeated
+    with pytest.raises(ValueError, match="holds '\\|' already"):
+        D.repeat_spans("a|b", seed=0)
+
+
+@pytest.mark.skipif(not D.SHARED_SHAKESPEARE.is_file(),
+                    reason="../shared/data/tinyshakespeare.txt is absent (only the repo is checked out)")
+def test_shakespeare_repeats_split_before_repeating(cache):
+    c = D.Corpus.load("shakespeare-repeats", "char", block_size=256, log=lambda m: None)
+    assert cache == []  # read from ../shared through the cache, no download attempted
+    raw = D.SHARED_SHAKESPEARE.read_text(encoding="utf-8")
+    n = int(len(raw) * D.TRAIN_FRACTION)
+    tok = c.tokenizer
+    assert isinstance(tok, CharTokenizer) and tok.vocab_size == len(set(raw) | {D.REPEAT_MARK})
+    train, val = tok.decode(c.train.tolist()), tok.decode(c.val.tolist())
+    assert len(c.train) == c.source["train_chars"] and c.source["name"] == "shakespeare-repeats"
+    # the validation split is the raw last 10% with repeats, and nothing else: no training text
+    assert strip_repeats(val, raw[n:]) and strip_repeats(train, raw[:n])
+    assert len(val) > len(raw) - n and train.count(D.REPEAT_MARK) > 1000  # the repeats are there
+    again = D.Corpus.load("shakespeare-repeats", "char", block_size=256, log=lambda m: None)
+    assert torch.equal(again.train, c.train) and torch.equal(again.val, c.val)  # deterministic
+    assert again.source["sha256"] == c.source["sha256"]
+
+
+def test_shakespeare_repeats_without_tiny_shakespeare_says_what_to_do(cache, monkeypatch, tmp_path):
+    monkeypatch.setattr(D, "SHARED_SHAKESPEARE", tmp_path / "absent.txt")
+    with pytest.raises(D.DataError, match="needs Tiny Shakespeare.*put a copy in one of them"):
+        D.load_text("shakespeare-repeats", log=lambda m: None)
+    assert len(cache) == 1  # one download tried (here: offline), never a fallback to other text

@@ -234,6 +234,23 @@ def test_exported_run_is_read_only(tiny_checkpoint, tmp_path):
         export_run(tiny_checkpoint.run_dir, root / "shipped")  # never overwritten silently
 
 
+def test_export_keeps_only_the_snapshots_asked_for(tiny_checkpoint, tmp_path):
+    """--snapshots ships a chosen subset of a densely snapshotted run; an iteration the run does not
+    have is refused, naming the ones it has, before anything is written."""
+    from trainers.export import export_run, main as export_main
+    first, last = tiny_checkpoint.iters[0], tiny_checkpoint.iters[-1]
+    out = export_run(tiny_checkpoint.run_dir, tmp_path / "some", keep=[first, last])
+    assert [it for it, _ in ckpt.list_snapshots(tmp_path / "some")] == [first, last]
+    assert out["checkpoints"] == 2 + sum(d.is_dir() for d in (ckpt.latest_dir(tmp_path / "some"),
+                                                              ckpt.best_dir(tmp_path / "some")))
+    has = list(tiny_checkpoint.iters)
+    with pytest.raises(ValueError, match=re.escape(f"no snapshot at iter [7]; it has {has}")):
+        export_run(tiny_checkpoint.run_dir, tmp_path / "none", keep=[first, 7])
+    assert not (tmp_path / "none").exists()
+    assert export_main([str(tiny_checkpoint.run_dir), str(tmp_path / "cli"), "--snapshots", f"{last}"]) == 0
+    assert [it for it, _ in ckpt.list_snapshots(tmp_path / "cli")] == [last]
+
+
 def test_bundled_run_is_read_only(tmp_path):
     import shutil
     bundled = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-char"

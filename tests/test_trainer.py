@@ -51,6 +51,23 @@ def test_snapshot_iterations_are_spread_out():
         [0, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000]
 
 
+def test_snapshot_every_adds_evenly_spaced_snapshots(tmp_path):
+    """--snapshot-every N keeps the spread-out snapshots and adds every multiple of N, so a phase
+    change late in a run is seen at N-iteration steps; the flag reaches the config; N < 1 is refused."""
+    spread = {i for i in range(6000) if is_snapshot_iter(i)}
+    every = [i for i in range(6000) if is_snapshot_iter(i, 1000)]
+    assert every == sorted(spread | {1000, 2000, 3000, 4000, 5000})
+    st = Trainer(cfg_for(tmp_path, "dense", max_iters=14, snapshot_every=4),
+                 callbacks=Callbacks(on_message=lambda m: None)).fit()
+    assert st["state"] == "finished"
+    assert [i for i, _ in ckpt.list_snapshots(tmp_path / "dense")] == [0, 4, 8, 10, 12, 14]  # 14: the end
+    args = build_parser().parse_args(["--data", "python-docs", "--snapshot-every", "250"])
+    assert make_config(args, 1, 0).snapshot_every == 250
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=f"--snapshot-every must be a whole number >= 1, got {bad}"):
+            check_config(cfg_for(tmp_path, "x", snapshot_every=bad))
+
+
 def test_presets_follow_nanogpt():
     cs, baby = PRESETS["cpu-small"], PRESETS["baby"]
     assert (cs.n_layer, cs.n_head, cs.n_embd, cs.block_size, cs.batch_size) == (4, 4, 128, 64, 12)

@@ -63,6 +63,9 @@ class TrainConfig:
     compile: bool = False
     cpu_shards: bool = True  # CPU, >1 thread: split each batch over the threads (trainers/shards.py)
     snapshots: bool = True  # keep snapshots/iter_XXXXXXX at spread-out iterations
+    # also keep a snapshot every N iterations (None: the spread-out ones only): the spread is too
+    # sparse late in a run to see a phase change, e.g. an induction head forming between 1000 and 2500
+    snapshot_every: int | None = None
 
     @classmethod
     def from_preset(cls, preset: str, /, **overrides: Any) -> "TrainConfig":
@@ -164,9 +167,10 @@ def get_lr(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
 
-def is_snapshot_iter(it: int) -> bool:
-    """0, 10, 25, 50, 100, 250, 500, 1000, ...: dense early, where the model changes fastest."""
-    if it == 0:
+def is_snapshot_iter(it: int, every: int | None = None) -> bool:
+    """0, 10, 25, 50, 100, 250, 500, 1000, ...: dense early, where the model changes fastest;
+    and with `every` (TrainConfig.snapshot_every) also every multiple of it."""
+    if it == 0 or (every is not None and it % every == 0):
         return True
     e = 1
     while 10 ** e <= it:
@@ -296,6 +300,10 @@ def check_config(cfg: TrainConfig, vocab_size: int | None = None, device: str | 
         v = getattr(cfg, k)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"--{k.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
+    every = cfg.snapshot_every
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(f"--snapshot-every must be a whole number >= 1, got {every!r}; leave it out "
+                         "for the spread-out snapshots only")
     if cfg.lr_decay_iters is not None and cfg.lr_decay_iters < 1:
         raise ValueError(f"--lr-decay-iters must be >= 1, got {cfg.lr_decay_iters}")
     if not cfg.learning_rate > 0:

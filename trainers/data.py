@@ -1,15 +1,18 @@
 """Corpora, tokenization with an on-disk cache, and random training batches.
 
-`--data` is a corpus name (`shakespeare`, `python-docs`) or the path of a UTF-8 .txt file.
-Tiny Shakespeare comes from the user cache, else from ../shared (checked by sha256, no network),
-else it is downloaded once; offline, it falls back to python-docs and says so. Encoded token ids
-are cached by sha256(text + tokenizer) so a restart does not tokenize again.
+`--data` is a corpus name (`shakespeare`, `shakespeare-repeats`, `python-docs`) or the path of a
+UTF-8 .txt file. Tiny Shakespeare comes from the user cache, else from ../shared (checked by sha256,
+no network), else it is downloaded once; offline, it falls back to python-docs and says so.
+`shakespeare-repeats` is Tiny Shakespeare with repeated spans (repeat_spans), the text on which a
+small model grows an induction head. Encoded token ids are cached by sha256(text + tokenizer) so a
+restart does not tokenize again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import random
 import sys
 import tempfile
 import urllib.request
@@ -26,10 +29,14 @@ SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/d
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-CORPORA = ("shakespeare", "python-docs")
+CORPORA = ("shakespeare", "shakespeare-repeats", "python-docs")
 MAX_FILE_BYTES = 200 * 1024 ** 2
 DOWNLOAD_TIMEOUT_S = 10.0
 TRAIN_FRACTION = 0.9
+# shakespeare-repeats (repeat_spans): spans of REPEAT_MIN..REPEAT_MAX characters, each followed with
+# probability REPEAT_P by REPEAT_MARK and a copy of itself; train and val parts get their own seed
+REPEAT_MIN, REPEAT_MAX, REPEAT_P, REPEAT_MARK = 20, 100, 0.5, "|"
+REPEAT_SEEDS = {"train": 16, "val": 17}
 
 
 class DataError(ValueError):
@@ -81,22 +88,58 @@ def default_data() -> str:
     return "shakespeare" if _cached_shakespeare() is not None else "python-docs"
 
 
-def _download_shakespeare(log: Callable[[str], None]) -> Path | None:
+FALLBACK_NOTE = "falling back to python-docs (the stdlib's pydoc topics, always available offline)"
+
+
+def _download_shakespeare(log: Callable[[str], None], then: str = FALLBACK_NOTE) -> Path | None:
+    """Download Tiny Shakespeare into the cache; on failure log why and `then` (what happens next)."""
     cached = cache_dir() / "tinyshakespeare.txt"
     log(f"downloading Tiny Shakespeare from {SHAKESPEARE_URL} ...")
     try:
         with urllib.request.urlopen(SHAKESPEARE_URL, timeout=DOWNLOAD_TIMEOUT_S) as r:
             raw = r.read(MAX_FILE_BYTES)
     except (OSError, ValueError) as e:  # URLError and socket timeouts are OSErrors
-        log(f"could not download Tiny Shakespeare ({e}); falling back to python-docs "
-            "(the stdlib's pydoc topics, always available offline)")
+        log(f"could not download Tiny Shakespeare ({e}); {then}")
         return None
     if _sha256(raw) != SHAKESPEARE_SHA256:
-        log("the downloaded Tiny Shakespeare does not have the expected sha256; falling back "
-            "to python-docs (the stdlib's pydoc topics)")
+        log(f"the downloaded Tiny Shakespeare does not have the expected sha256; {then}")
         return None
     _atomic_write_bytes(cached, raw)
     return cached
+
+
+def repeat_spans(text: str, seed: int) -> str:
+    """`text` cut into consecutive spans of REPEAT_MIN..REPEAT_MAX characters, each followed with
+    probability REPEAT_P by REPEAT_MARK and a copy of itself: "...Before we proceed|Before we
+    proceed any further...". A repeat lies within 201 characters, inside any context window of a
+    few hundred, which is what makes copying from context pay off (an induction head forms).
+
+    Deterministic: lengths and coin flips come from random.Random(seed).random(), whose sequence
+    Python keeps the same across versions. Every piece between two marks is a substring of `text`
+    (a copy ends where the next span, the text that followed the original, begins), so the
+    transform adds no text that was not there. ValueError if `text` holds the mark already."""
+    if REPEAT_MARK in text:
+        raise ValueError(f"the text holds {REPEAT_MARK!r} already; repeats would be ambiguous")
+    rng = random.Random(seed)
+    width = REPEAT_MAX - REPEAT_MIN + 1
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        span = text[i:i + REPEAT_MIN + int(rng.random() * width)]
+        out.append(span)
+        if rng.random() < REPEAT_P:
+            out += (REPEAT_MARK, span)
+        i += len(span)
+    return "".join(out)
+
+
+def shakespeare_repeats(raw: str) -> tuple[str, int]:
+    """(text, n_train): the raw text split 90/10 first, then each part through repeat_spans with
+    its own seed, so the validation part holds only (repeated) text of the raw last 10%.
+    text[:n_train] is the training part."""
+    n = int(len(raw) * TRAIN_FRACTION)
+    train = repeat_spans(raw[:n], REPEAT_SEEDS["train"])
+    return train + repeat_spans(raw[n:], REPEAT_SEEDS["val"]), len(train)
 
 
 def read_text_file(path: str | os.PathLike) -> str:
@@ -133,6 +176,18 @@ def load_text(data: str, log: Callable[[str], None] = print) -> tuple[str, dict[
         text = python_docs_text()
         return text, {"name": "python-docs", "fallback_from": "shakespeare",
                       "sha256": _sha256(text.encode())}
+    if data == "shakespeare-repeats":
+        where = cache_dir() / "tinyshakespeare.txt"
+        path = _cached_shakespeare() or _download_shakespeare(log, then="cannot build it")
+        if path is None:
+            raise DataError(f"--data shakespeare-repeats needs Tiny Shakespeare, which is neither in "
+                            f"{where} nor in {SHARED_SHAKESPEARE} and could not be downloaded; put a "
+                            "copy in one of them, or use --data shakespeare or python-docs")
+        text, n_train = shakespeare_repeats(path.read_text(encoding="utf-8"))
+        return text, {"name": "shakespeare-repeats", "path": str(path), "raw_sha256": SHAKESPEARE_SHA256,
+                      "sha256": _sha256(text.encode()), "train_chars": n_train,
+                      "repeats": {"min": REPEAT_MIN, "max": REPEAT_MAX, "p": REPEAT_P,
+                                  "mark": REPEAT_MARK, "seeds": REPEAT_SEEDS}}
     if data == "python-docs":
         text = python_docs_text()
         return text, {"name": "python-docs", "sha256": _sha256(text.encode())}
@@ -196,14 +251,15 @@ def encode_cached(text: str, tok: Tokenizer) -> np.ndarray:
 
 # -- the dataset ----------------------------------------------------------------------------------
 class Corpus:
-    """Token ids split 90/10 into train/val, sampled as random windows.
+    """Token ids split 90/10 into train/val (or at `n_train`), sampled as random windows.
 
     The ids live on the training device when they fit (corpora are small), so a batch is
     an index gather on the GPU rather than a host-to-device copy per iteration.
     """
 
-    def __init__(self, ids: np.ndarray, tokenizer: Tokenizer, source: dict[str, Any]) -> None:
-        n = int(len(ids) * TRAIN_FRACTION)
+    def __init__(self, ids: np.ndarray, tokenizer: Tokenizer, source: dict[str, Any],
+                 n_train: int | None = None) -> None:
+        n = int(len(ids) * TRAIN_FRACTION) if n_train is None else n_train
         # int32 halves memory against int64 and every vocab fits; batches are cast to long.
         self.train = torch.from_numpy(ids[:n].astype(np.int32))
         self.val = torch.from_numpy(ids[n:].astype(np.int32))
@@ -213,10 +269,18 @@ class Corpus:
     @classmethod
     def load(cls, data: str, tokenizer: str | Tokenizer = "char", block_size: int | None = None,
              log: Callable[[str], None] = print) -> "Corpus":
-        """Read, tokenize (cached) and split; DataError if a split is shorter than block_size+1."""
+        """Read, tokenize (cached) and split; DataError if a split is shorter than block_size+1.
+        A corpus whose source names `train_chars` (shakespeare-repeats) is split there: its two
+        parts are tokenized apart, so no token straddles the split."""
         text, source = load_text(data, log)
         tok = tokenizer if isinstance(tokenizer, Tokenizer) else make_tokenizer(tokenizer, text)
-        corpus = cls(encode_cached(text, tok), tok, dict(source, tokenizer=tok.kind))
+        source = dict(source, tokenizer=tok.kind)
+        if "train_chars" in source:
+            k = source["train_chars"]
+            train, val = encode_cached(text[:k], tok), encode_cached(text[k:], tok)
+            corpus = cls(np.concatenate([train, val]), tok, source, n_train=len(train))
+        else:
+            corpus = cls(encode_cached(text, tok), tok, source)
         if block_size is not None:
             need = block_size + 1
             shortest = min(len(corpus.train), len(corpus.val))

@@ -2,7 +2,10 @@
 optimizer state, plus the run's config, metrics and status. This is how the bundled model
 `checkpoints/shakespeare-char/` was made small enough to commit.
 
-    python -m trainers.export <run-folder> <dest-folder> [--dtype fp16|bf16] [--force]
+    python -m trainers.export <run-folder> <dest-folder> [--dtype fp16|bf16] [--force] [--snapshots 0,500,...]
+
+--snapshots keeps only the listed snapshots: a run trained with dense snapshots (--snapshot-every)
+is shipped with those that tell its story within the size budget.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -22,14 +26,21 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 RUN_FILES = (RUN_CONFIG_FILE, "metrics.jsonl", "status.json")
 
 
-def export_run(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16, force: bool = False
-               ) -> dict[str, int]:
+def export_run(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16, force: bool = False,
+               keep: Collection[int] | None = None) -> dict[str, int]:
     """Copy run folder `src` to `dst` with every checkpoint (latest, best, snapshots) re-saved in
-    `dtype` without optimizer state. Returns {"checkpoints": n, "bytes": total size of dst}.
-    Refuses to overwrite an existing `dst` unless force=True."""
+    `dtype` without optimizer state; with `keep`, only the snapshots at those iterations. Returns
+    {"checkpoints": n, "bytes": total size of dst}. Refuses to overwrite an existing `dst` unless
+    force=True, and a `keep` that names a snapshot the run does not have."""
     src, dst = Path(src), Path(dst)
     if not (src / RUN_CONFIG_FILE).is_file():
         raise ValueError(f"{src} is not a run folder (no config.json)")
+    snaps = list_snapshots(src)
+    if keep is not None:
+        missing = sorted(set(keep) - {it for it, _ in snaps})
+        if missing:
+            raise ValueError(f"{src} has no snapshot at iter {missing}; it has {[it for it, _ in snaps]}")
+        snaps = [(it, p) for it, p in snaps if it in set(keep)]
     if dst.exists():
         if not force:
             raise ValueError(f"{dst} exists; pass --force to replace it")
@@ -45,7 +56,7 @@ def export_run(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.floa
         status["readonly"] = True  # trainers.runs refuses to resume or delete it
         status_path.write_text(json.dumps(status, indent=1))
     folders = [(where(src), where(dst)) for where in (latest_dir, best_dir) if has_checkpoint(where(src))]
-    folders += [(p, snapshot_dir(dst, it)) for it, p in list_snapshots(src)]
+    folders += [(p, snapshot_dir(dst, it)) for it, p in snaps]
     for a, b in folders:
         model, tok, meta = load(a)
         for k in ("source", "source_format"):  # describe the original, not this copy's path
@@ -61,9 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dst", help="destination folder (must not exist, unless --force)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weight storage dtype (default fp16)")
     ap.add_argument("--force", action="store_true", help="replace dst if it exists")
+    ap.add_argument("--snapshots", metavar="ITERS", help="keep only these snapshots, e.g. 0,500,1000 "
+                    "(default: all)")
     args = ap.parse_args(argv)
     try:
-        out = export_run(args.src, args.dst, DTYPES[args.dtype], force=args.force)
+        keep = None if args.snapshots is None else [int(x) for x in args.snapshots.split(",") if x.strip()]
+        out = export_run(args.src, args.dst, DTYPES[args.dtype], force=args.force, keep=keep)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -164,7 +164,7 @@ def start(config: TrainConfig | dict[str, Any], root: str | os.PathLike | None =
     Raises ValueError (bad settings, bad or existing name, missing data file, the folder taken by
     another process) before anything runs.
     """
-    from trainers.data import default_data, read_text_file
+    from trainers.data import CORPORA, default_data, read_text_file
 
     if isinstance(config, dict):
         d = dict(config)
@@ -173,7 +173,7 @@ def start(config: TrainConfig | dict[str, Any], root: str | os.PathLike | None =
         cfg = replace(config)  # a copy: the caller's config is not changed
     if cfg.data is None:
         cfg.data = default_data()
-    if cfg.data not in ("shakespeare", "python-docs"):
+    if cfg.data not in CORPORA:
         read_text_file(cfg.data)  # clear DataError now rather than in train.log
         cfg.data = str(Path(cfg.data).expanduser().resolve())
     if cfg.threads is None:

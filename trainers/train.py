@@ -31,7 +31,7 @@ from trainers.runlock import RunLock
 
 # settings a resumed run may change; everything else is the run's recorded config
 RESUME_OVERRIDABLE = {"name", "root", "max_iters", "threads", "device", "compile", "snapshots",
-                      "cpu_shards", "eval_interval", "eval_iters", "log_interval"}
+                      "snapshot_every", "cpu_shards", "eval_interval", "eval_iters", "log_interval"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="base settings: tiny (tests), cpu-small (nanoGPT's "
       "CPU line), baby (nanoGPT's shakespeare_char); flags override it (default: tiny)")
-    a("--data", help="corpus: shakespeare, python-docs, or the path of a UTF-8 .txt file (default: "
+    a("--data", help="corpus: shakespeare, shakespeare-repeats (with repeated spans: grows an induction "
+      "head), python-docs, or the path of a UTF-8 .txt file (default: "
       "shakespeare when cached or in ../shared, else python-docs; no network unless asked for)")
     a("--tokenizer", choices=TOKENIZERS, help="char (vocab from the corpus) or gpt2 BPE (default: char)")
     a("--name", help="run folder name (default: <preset>-<data>-<timestamp>); no '/' or '..'")
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
            "a share of the batch (the default when dropout is 0; see trainers/shards.py)")
     a("--no-snapshots", action="store_false", dest="snapshots", default=None,
       help="do not keep snapshots/iter_* at spread-out iterations")
+    a("--snapshot-every", type=int, dest="snapshot_every", metavar="N", help="also keep a snapshot every "
+      "N iterations, to see a phase change late in a run (default: the spread-out ones only)")
     return p
 
 
@@ -98,7 +101,7 @@ def flag_of(field: str) -> str:
 def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainConfig:
     """TrainConfig from the flags: a preset + overrides, a run folder's config.json for --run, or
     a recorded run for --resume. ValueError says what is wrong and what to do instead."""
-    from trainers.data import default_data
+    from trainers.data import CORPORA, default_data
 
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
@@ -136,7 +139,7 @@ def make_config(args: argparse.Namespace, world_size: int, rank: int) -> TrainCo
     else:
         cfg = TrainConfig.from_preset(args.preset or "tiny", **given)
         cfg.data = cfg.data or default_data()
-        if cfg.data not in ("shakespeare", "python-docs"):
+        if cfg.data not in CORPORA:
             cfg.data = os.path.abspath(os.path.expanduser(cfg.data))
         cfg.name = validate_run_name(cfg.name or runs.default_name(cfg))
         run_dir = runs.run_path(cfg.name, args.root)

@@ -255,7 +255,7 @@ class Trainer:
                     if bad:
                         return self._fail(it, math.nan)
                     self.eval_round_s = time.perf_counter() - t_eval
-                if self.master and cfg.snapshots and (is_snapshot_iter(it) or it == cfg.max_iters):
+                if self.master and cfg.snapshots and (is_snapshot_iter(it, cfg.snapshot_every) or it == cfg.max_iters):
                     t_snap = time.perf_counter()
                     self._save(ckpt.snapshot_dir(self.run_dir, it), it, with_optimizer=False)
                     self.snapshot_s = time.perf_counter() - t_snap
@@ -322,7 +322,7 @@ class Trainer:
         DDP rank computes alike (a local stop request only counts without DDP)."""
         cfg = self.cfg
         return (logged or (stop and not self.ddp) or self._eval_due(it) or it >= cfg.max_iters
-                or (cfg.snapshots and is_snapshot_iter(it)) or self.stepper.full(it))
+                or (cfg.snapshots and is_snapshot_iter(it, cfg.snapshot_every)) or self.stepper.full(it))
 
     def _read(self, it: int) -> tuple[int | None, float]:
         """(the first non-finite iteration since the last read or None, its loss); the last

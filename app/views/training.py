@@ -25,6 +25,7 @@ FIELDS = (("n_layer", "Layers", int), ("n_head", "Heads", int), ("n_embd", "Embe
           ("dropout", "Dropout", float), ("eval_interval", "Eval every", int))
 FIELD_NAMES = tuple(name for name, _label, _kind in FIELDS)
 DATA_SOURCES = {"shakespeare": "Tiny Shakespeare", "python-docs": "Python docs (offline, always there)",
+                "shakespeare-repeats": "Tiny Shakespeare with repeats (grows an induction head)",
                 "upload": "Upload a .txt"}
 PRESET_HELP = "tiny: seconds; cpu-small: nanoGPT's laptop settings; baby: nanoGPT's shakespeare_char"
 TOKENIZER_HELP = "char: one token per character (small vocabulary); gpt2: GPT-2's BPE (50257 tokens)"
