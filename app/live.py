@@ -1,6 +1,7 @@
-"""The Train page's live panel: the runs table, then the selected run's progress, loss chart and a
-sample from its latest checkpoint. It runs as a fragment that the page polls every second while
-any run is going; the figures are small (downsampled) so each tick stays cheap (bench/bench_live.py).
+"""The Train page's live panel: the runs table, then the selected run's progress, loss chart, a
+sample from its latest checkpoint, and its analysis job (app.analysis_panel, polling on its own).
+It runs as a fragment that the page polls every second while any run is going; the figures are
+small (downsampled) so each tick stays cheap (bench/bench_live.py).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import streamlit as st
 
 from app import resources
+from app.analysis_panel import analysis_panel
 from app.views import training as tv
 from gpt.checkpoint import latest_dir
 from trainers import runs
@@ -50,6 +52,7 @@ def panel(name: str, live_names: frozenset[str]) -> None:
         st.caption(f"Sample from the latest checkpoint (iter {shown[1]}, temperature 0.8"
                    + (f"; refreshed at most every {every:.0f} s):" if every else "):"))
         st.code(shown[3] or " ", language=None)
+    analysis_panel(status["path"], key="_tr_an")  # head scores over its snapshots: a job of its own
 
 
 def logged_val_losses(all_runs: list[dict]) -> dict[str, float]:

@@ -32,6 +32,7 @@ PAGES = [
     ("screens/next_token.py", "Next token", "next-token", ":material/format_list_numbered:"),
     ("screens/generate.py", "Generate", "generate", ":material/edit_note:"),
     ("screens/timeline.py", "Timeline", "timeline", ":material/timeline:"),
+    ("screens/compare.py", "Compare", "compare", ":material/compare_arrows:"),
     ("screens/patch.py", "Patch", "patch", ":material/build:"),
     ("screens/attribution.py", "Attribution", "attribution", ":material/account_tree:"),
 ]

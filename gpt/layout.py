@@ -3,9 +3,9 @@ interrupted save is read through and recovered. No torch here; gpt.checkpoint (s
 builds on it and re-exports its public names, so callers import them from gpt.checkpoint.
 
 A run folder (written by trainers/, read by app/): <root>/<run>/ with config.json (the run config),
-metrics.jsonl, status.json, latest/ (native + optimizer.pt), best/, snapshots/iter_0000000/...
-This module is the one place that names those folders (latest_dir, best_dir, snapshot_dir,
-list_snapshots, run_of, resolve_checkpoint).
+metrics.jsonl, status.json, latest/ (native + optimizer.pt), best/, snapshots/iter_0000000/...,
+analysis/ (head scores per snapshot). This module is the one place that names those folders
+(latest_dir, best_dir, snapshot_dir, analysis_dir, list_snapshots, run_of, resolve_checkpoint).
 
 A save is two renames; a process killed between them leaves complete hidden copies
 (.<name>.tmp-*, .<name>.old-*) and no folder. resolve_checkpoint reads through them and says so;
@@ -77,7 +77,7 @@ def _is_ours(folder: Path) -> bool:
 
 
 # -- the run-folder layout: the one place that names a run's checkpoint folders ----------------------
-LATEST, BEST, SNAPSHOTS = "latest", "best", "snapshots"
+LATEST, BEST, SNAPSHOTS, ANALYSIS = "latest", "best", "snapshots", "analysis"
 
 
 def latest_dir(run_dir: str | os.PathLike) -> Path:
@@ -93,6 +93,12 @@ def best_dir(run_dir: str | os.PathLike) -> Path:
 def snapshot_dir(run_dir: str | os.PathLike, it: int) -> Path:
     """<run>/snapshots/iter_NNNNNNN: the snapshot kept at iteration `it` (for the Timeline page)."""
     return Path(run_dir) / SNAPSHOTS / f"iter_{int(it):07d}"
+
+
+def analysis_dir(run_dir: str | os.PathLike) -> Path:
+    """<run>/analysis: head scores over validation windows per snapshot (trainers.analyze writes,
+    gpt.score_history reads); not created here."""
+    return Path(run_dir) / ANALYSIS
 
 
 def has_checkpoint(folder: str | os.PathLike) -> bool:

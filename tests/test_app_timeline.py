@@ -200,3 +200,129 @@ def test_replay_shows_the_lens_text_the_legends_and_the_verdict(env) -> None:
     assert sum(m.value == glyph_legend() for m in at.markdown) == 1
     at.radio(key="_tl_score").set_value("induction").run()
     assert any("At the last snapshot:" in c.value and "induction head" in c.value for c in at.caption)
+
+
+# -- issue 16: Timeline 2.0, from the analysis job's results ---------------------------------------------
+@pytest.fixture
+def analysed(tmp_path: Path, env, monkeypatch: pytest.MonkeyPatch):
+    """A copy of the tiny run with analysis/ written by the job's writers (tests/analysis_fixture.py:
+    L1H1's induction scores jump between the 2nd and 3rd snapshot; the val loss falls sharply once)."""
+    from tests.analysis_fixture import analysed_run
+
+    run = analysed_run(tmp_path / "analysed-root", env.run_dir, env.text)
+    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(run.root))
+    resources.clear_caches()
+    return run
+
+
+def chart_frames(at: AppTest) -> list:
+    """The data sets of the page's Altair charts, as pandas frames."""
+    import pyarrow as pa
+
+    charts = [e for e in at.main if getattr(e, "type", None) == "vega_lite_chart"]
+    return [pa.ipc.open_stream(ds.data.data).read_all().to_pandas() for c in charts for ds in c.proto.datasets]
+
+
+def test_analysis_curves_and_markers(analysed, env) -> None:
+    at = open_timeline(prompt_from(env.text))
+    score = at.selectbox(key="_tl_ascore")
+    assert score.value == "induction_random" and set(score.options) == {
+        "induction (random repeats)", "induction (natural repeats)", "previous-token", "first-token (sink)",
+        "self", "entropy (bits)"}
+    assert all(r.key != "_tl_score" for r in at.radio)  # no per-snapshot scores where the analysis is
+    frames = chart_frames(at)
+    curves = next(f for f in frames if "head" in f.columns and len(f) > 4)
+    S, L, H = analysed.scores["induction_random"].shape
+    assert len(curves) == S * L * H  # one line per head, a point per snapshot
+    for _, row in curves.iterrows():
+        s = analysed.iters.index(int(row["iter"]))
+        l, h = int(row["head"][1]), int(row["head"][3])
+        assert row["value"] == pytest.approx(float(analysed.scores["induction_random"][s, l, h]), abs=1e-6)
+    assert set(curves.loc[curves["head"] == "L1H1", "role"]) == {"mover"}  # the head that jumped is highlighted
+
+    before, after = (float(analysed.scores["induction_random"][i, 1, 1]) for i in (1, 2))
+    shown = texts(at)
+    assert (f"L1H1's induction score rose from {before:.2f} to {after:.2f} between iter {analysed.iters[1]} "
+            f"and {analysed.iters[2]}") in shown
+    (v20, x20), (v22, x22) = analysed.val[10], analysed.val[11]
+    assert f"The val loss fell sharply from {x20:.2f} to {x22:.2f} between iter {v20} and {v22}" in shown
+    bands = next(f for f in frames if "tag" in f.columns)
+    assert list(bands["kind"]) == ["score", "loss"] and bands["tag"][0] == "L1H1 ↑"
+    assert bands["x"][0] == pytest.approx(1.0) and bands["x2"][0] == pytest.approx(2.0)  # snapshots 1 -> 2
+
+    score.set_value("entropy").run()  # only noise in entropy: no phase change, said in words
+    assert not at.exception, [e.message for e in at.exception]
+    assert "No head's attention entropy changed by 0.50 bits or more between snapshots" in texts(at)
+    assert "Phase change" not in texts(at) and "Loss bump" in texts(at)
+
+
+def test_analysis_head_choice_opens_its_examples(analysed, env) -> None:
+    import torch
+
+    from gpt.checkpoint import load
+    from gpt.record import Recorder
+
+    at = open_timeline(prompt_from(env.text))
+    at.selectbox(key="_tl_head").set_value("L1H1").run()  # the selector (a chart click does the same)
+    assert not at.exception, [e.message for e in at.exception]
+    assert (at.session_state["layer"], at.session_state["head"]) == (1, 1)
+    assert metric(at, "Head") == "L1H1"
+    assert "#### L1H1's top validation examples" in texts(at)
+    last = analysed.iters[-1]
+    top = analysed.top["induction_natural"][-1][1][1]  # random repeats have no windows: natural ones shown
+    example = at.selectbox(key="_tl_ex")
+    assert example.options == [f"#{r + 1} · window {w} · {v:.2f}" for r, (w, v) in enumerate(top)]
+    assert any("Random repeats are not text" in c.value for c in at.caption)
+
+    def check_query() -> int:
+        """The caption names the strongest key of the query shown, as an independent forward says."""
+        (q,) = [s.value for s in at.slider if s.key.startswith("_tl_ex_q_")]
+        ids = analysed.windows[top[0][0]]
+        model, _, _ = load(env.snapshot(last))
+        rec = Recorder(["blocks.1.attn.hook_pattern"])
+        with torch.no_grad():
+            model(torch.tensor([ids]), rec=rec)
+        row = rec["blocks.1.attn.hook_pattern"][0, 1, q]  # (T,)
+        key = int(row.argmax())
+        cap = next(c.value for c in at.caption if c.value.startswith("L1H1 at iter"))
+        assert "induction (natural repeats) term here is" in cap
+        assert f"from query position {q} " in cap and f"strongest key is position {key} " in cap, cap
+        assert f"with weight {float(row[key]):.2f}" in cap
+        return q
+
+    q = check_query()
+    slider_key = next(s.key for s in at.slider if s.key.startswith("_tl_ex_q_"))
+    at.slider(key=slider_key).set_value(max(q - 3, 1)).run()  # another query position
+    assert not at.exception and check_query() == max(q - 3, 1)
+    strip = next(m.value for m in at.markdown if m.value.startswith('<div style="line-height:1.9">'))
+    assert strip.count("<span") == len(analysed.windows[top[0][0]])  # every token of the window drawn
+
+    first = analysed.iters[0]
+    at.selectbox(key="_tl_ex_iter").set_value(first).run()  # the examples of another snapshot
+    assert not at.exception
+    top0 = analysed.top["induction_natural"][0][1][1]
+    assert at.selectbox(key="_tl_ex").options[0] == f"#1 · window {top0[0][0]} · {top0[0][1]:.2f}"
+    assert any(c.value.startswith(f"L1H1 at iter {first},") for c in at.caption)
+
+
+def test_a_malformed_analysis_falls_back_to_scores_per_snapshot(analysed, env) -> None:
+    bad = analysed.run_dir / "analysis" / f"iter_{analysed.iters[1]:07d}.json"
+    bad.write_text("{not json", encoding="utf-8")
+    at = open_timeline(prompt_from(env.text))
+    assert any("analysis cannot be read" in w.value and bad.name in w.value for w in at.warning)
+    assert at.radio(key="_tl_score").value == "prev_token"  # today's per-snapshot chart
+
+
+def test_without_analysis_the_job_panel_is_offered_and_with_it_it_is_not(env, analysed, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_timeline(prompt_from(env.text))
+    assert not any(b.key == "_tl_an_start" for b in at.button)  # a complete analysis: curves, no panel
+    plain = tmp_path / "plain"
+    shutil.copytree(env.run_dir, plain / "tiny-run")
+    monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(plain))
+    resources.clear_caches()
+    at = open_timeline(prompt_from(env.text))
+    assert at.radio(key="_tl_score").value == "prev_token"  # today's per-snapshot chart ...
+    start = next(b for b in at.button if b.key == "_tl_an_start")  # ... and the job's Start button
+    assert start.label == "Start analysis"
+    assert any(i.value.startswith("Head scores over training: 0/") for i in at.info)

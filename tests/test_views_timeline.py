@@ -205,3 +205,69 @@ def test_loss_delta() -> None:
     assert vt.loss_delta(1.3, (5000, 1.365)) == "-0.065 since iter 5000"
     assert vt.loss_delta(None, (0, 1.0)) is None and vt.loss_delta(1.0, None) is None
     assert vt.loss_delta(1.0, (0, None)) is None
+
+
+# -- issue 16: Timeline 2.0 (app/views/score_history.py) ------------------------------------------------
+def test_positions_place_iterations_between_evenly_spaced_snapshots() -> None:
+    from app.views import score_history as vs
+
+    iters = [0, 10, 25, 100]
+    assert vs.positions(iters, [0, 10, 25, 100]) == [0.0, 1.0, 2.0, 3.0]
+    assert vs.positions(iters, [5, 40, -3, 500]) == pytest.approx([0.5, 2 + 15 / 75, 0.0, 3.0])
+
+
+def test_curves_frame_has_every_head_and_highlights_the_movers() -> None:
+    from app.views import score_history as vs
+
+    g = torch.Generator().manual_seed(0)
+    v = 0.01 * torch.rand(4, 2, 3, generator=g)  # (S, L, H)
+    v[2:, 1, 2] += 0.5  # L1H2 moves most ...
+    v[:, 0, 1] += torch.tensor([0.0, 0.1, 0.2, 0.3])  # ... then L0H1
+    frame = vs.curves_frame([0, 10, 25, 50], v, selected="L1H0", movers=[(1, 2), (0, 1)])
+    assert len(frame) == 4 * 6 and frame["x"].max() == 3.0
+    for _, row in frame.iterrows():
+        assert row["value"] == pytest.approx(float(v[int(row["x"]), int(row["head"][1]), int(row["head"][3])]))
+    role = dict(zip(frame["head"], frame["role"]))
+    assert role["L1H2"] == role["L0H1"] == "mover" and role["L1H0"] == "selected" and role["L0H0"] == "other"
+    color = dict(zip(frame["head"], frame["color"]))
+    assert color["L0H0"] == vs.GREY and len({color["L1H2"], color["L0H1"], color["L1H0"]}) == 3
+    default = vs.curves_frame([0, 10, 25, 50], v)  # movers default to the largest ranges
+    assert set(default.loc[default["role"] == "mover", "head"]) >= {"L1H2", "L0H1"}
+
+
+def test_curves_chart_marks_the_jump_and_a_click_opens_a_head() -> None:
+    from app.views import score_history as vs
+
+    iters = [0, 10, 25, 50]
+    v = 0.01 + torch.zeros(4, 2, 2)
+    v[2:, 1, 1] = 0.15
+    marks = vs.markers_for(iters, v, "induction_random",
+                           {"val": ([0, 10, 20, 30, 40, 50], [4.0, 3.0, 2.95, 2.94, 2.2, 2.19])})
+    lines = vs.marker_lines(marks)
+    assert lines[0] == ":orange[**Phase change:**] L1H1's induction score rose from 0.01 to 0.15 between iter 10 and 25."
+    assert lines[1].startswith(":red[**Loss bump:**] The val loss fell sharply from 2.94 to 2.20 between iter 30 and 40")
+    bands = vs.marker_frame(marks.shown, iters)
+    assert list(bands["x"]) == pytest.approx([1.0, 2 + 5 / 25]) and list(bands["kind"]) == ["score", "loss"]
+    spec = vs.curves_chart(vs.curves_frame(iters, v), "induction_random", iters, bands).to_dict()
+    marks_drawn = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"] for layer in spec["layer"]]
+    assert marks_drawn[:3] == ["rect", "rule", "text"] and marks_drawn.count("line") == 2
+    (param,) = spec["params"]  # Altair lifts a layer's selection to the top, naming its view
+    assert param["name"] == vt.PICK_PARAM and param["select"]["fields"] == ["head"]
+    assert vt.chart_pick({"selection": {vt.PICK_PARAM: [{"head": "L1H1", "x": 2}]}}, 2, 2) == (1, 1)
+    quiet = vs.markers_for(iters, 0.01 + torch.zeros(4, 2, 2), "self")
+    assert quiet.shown == [] and quiet.note.startswith("No head's self-attention score changed by 0.05")
+
+
+def test_example_view_draws_the_window_and_names_the_strongest_key() -> None:
+    from app.views import score_history as vs
+
+    ids = [7, 2, 9, 5, 7, 2, 9, 5]
+    strs = ["a", "b", "<", "d", "a", "b", "<", "d"]
+    p = torch.eye(8)
+    p[6] = 0.0
+    p[6, 3], p[6, 6] = 0.8, 0.2  # query 6 ("<") looks at the token after its earlier copy
+    assert vs.default_query(p, ids, "induction_natural") == 6
+    view = vs.example_view(strs, ids, p, "induction_natural", 6, "L1H1", 500)
+    assert view.html.count("<span") == 8 and "&#60;" in view.html and "<b" not in view.html.replace("<br", "")
+    assert "strongest key is position 3" in view.caption and "weight 0.80" in view.caption
+    assert "induction (natural repeats) term here is 0.80" in view.caption and "iter 500" in view.caption

@@ -3,6 +3,8 @@ every head's scores change across training (one line per head: when does each he
 
 Widgets and layout only. Runs come from the one picker (app.catalog), models, traces, head scores,
 losses and samples from app.resources (cached per checkpoint), figures from app.views.timeline.
+The heads-across-training section is app.head_history's: the analysis job's curves, phase-change
+markers and top examples where the run has them (Timeline 2.0), else scores per snapshot.
 The snapshot slider and what it shows live in a fragment, so moving it reruns only that part;
 Play gives the fragment a run_every timer (app.playback), and the last step reruns the app to
 stop it (run_every is fixed until a full rerun).
@@ -10,42 +12,17 @@ stop it (run_every is fixed until a full rerun).
 from __future__ import annotations
 
 import time
-from functools import partial
 
 import streamlit as st
 
-from app import catalog, components, resources, state
+from app import catalog, components, head_history, resources, state
 from app.inspection import Inspection, clamp
 from app.playback import Playback
-from app.views import heads as vh
 from app.views import timeline as vt
 
-RUN_KEY, SCORE_KEY, HEAD_KEY, CHART_KEY = "_tl_run", "_tl_score", "_tl_head", "_tl_chart"
+RUN_KEY = "_tl_run"
 PLAY_EVERY_S = 0.6
 ss = st.session_state
-
-
-def history(final: Inspection, paths: dict[int, str]) -> None:
-    """Every head's score at every snapshot, one line per head; a click opens that head."""
-    L, H, hid = final.config.n_layer, final.config.n_head, vh.head_id(final.layer, final.head)
-    st.subheader("Heads across training")
-    c1, c2 = st.columns([3, 1])
-    score = c1.radio("Score", list(vh.SCORES), format_func=vh.SCORES.get, key=SCORE_KEY, horizontal=True)
-    ss[HEAD_KEY] = hid  # follows the shared state (a chart click or another page may have changed it)
-    c2.selectbox("Head", [vh.head_id(l, h) for l in range(L) for h in range(H)], key=HEAD_KEY,
-                 on_change=components.open_head, args=(vh.parse_head_id, HEAD_KEY),
-                 help="Also: click a line in the chart.")
-    with st.spinner(f"Scoring every head at {len(paths)} snapshots…"):
-        scores = components.or_stop(lambda: [(it, resources.snapshot_scores(p)) for it, p in paths.items()],
-                                    "A snapshot")
-    key = f"{CHART_KEY}_{score}_{hid}"  # a new chart when the head changes: no stale selection
-    st.altair_chart(vt.history_chart(vt.history_frame(scores, score), score, selected=hid), key=key,
-                    width="stretch", on_select=partial(components.open_head, vt.chart_pick, key, L, H),
-                    selection_mode=vt.PICK_PARAM)
-    last = scores[-1][1]
-    st.caption(vt.history_caption(score, last, last.induction_len))
-    with st.expander("All heads at the last snapshot (click a row to open it)"):
-        components.head_table(last, key="_tl_head_table", selected=(final.layer, final.head), sort_by=score)
 
 
 def snapshot(it: int, insp: Inspection, prev: tuple[int, float | None] | None, ms: float) -> None:
@@ -86,7 +63,7 @@ top[1].caption(vt.run_caption(iters, final.config))
 ids = tuple(components.prompt_box(final, vt.NAMES, where=top[1]).ids)
 layer, head = clamp(ss.get(state.LAYER), final.config.n_layer), clamp(ss.get(state.HEAD), final.config.n_head)
 ss[state.LAYER], ss[state.HEAD] = layer, head
-history(resources.inspect(final, ids, None, layer, head), paths)
+head_history.section(resources.inspect(final, ids, None, layer, head), paths, run)
 
 player = Playback(ss, iters)
 PLAYING = player.playing

@@ -1,13 +1,17 @@
 """The Timeline page in Chromium: moving the snapshot slider replays the prompt at another snapshot
 (the caption and the heatmap change), Play walks to the last snapshot by itself and stops, and a
-click on a line of the history chart opens that head. Saves test-artifacts/timeline.png."""
+click on a line of the history chart opens that head. Timeline 2.0 (issue 16): on a run with
+analysis results the curves and the phase-change marker are drawn and a click on a line opens the
+head and its top examples, on a synthetic analysis and on the bundled induction model's own. Saves
+test-artifacts/timeline.png, timeline-analysis.png and timeline-induction.png."""
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
-from tests.e2e.helpers import assert_no_exception, open_app, screenshot, wait_for_app
+from tests.e2e.helpers import REPO, assert_no_exception, open_app, screenshot, wait_for_app
 
 HEADING = re.compile(r"^iter (\d+)$")
 
@@ -117,3 +121,91 @@ def test_clicking_a_line_opens_that_head(page, url: str) -> None:
     assert_no_exception(page)
     head = page.locator("[data-testid='stMetric']").filter(has_text="Head")
     assert "L1H1" in head.inner_text()
+
+
+# -- issue 16: Timeline 2.0 ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def analysed(app_server, tiny_checkpoint, tmp_path_factory):
+    """(Timeline URL, run) of a server whose only run is a copy of the tiny run with analysis results
+    (tests/analysis_fixture.py: L1H1's induction score jumps between its 2nd and 3rd snapshot)."""
+    from tests.analysis_fixture import analysed_run
+
+    run = analysed_run(tmp_path_factory.mktemp("analysed"), tiny_checkpoint.run_dir, tiny_checkpoint.text)
+    return app_server(run.root, NANOLENS_BUNDLED="") + "/timeline", run
+
+
+def test_analysis_marker_curves_and_a_click_on_a_line(page, analysed) -> None:
+    url, run = analysed
+    open_app(page, url)
+    assert_no_exception(page)
+    chart = page.locator("[data-testid='stVegaLiteChart']").first
+    chart.scroll_into_view_if_needed()
+    S, L, H = run.scores["induction_random"].shape
+    points = chart.locator("path[role='graphics-symbol'][aria-label*='; iter: ']")  # the clickable points
+    points.first.wait_for(state="attached")
+    assert points.count() == S * L * H  # a point per head and snapshot, on one line per head
+    band = chart.locator("path[role='graphics-symbol'][aria-label*=\"L1H1's induction score rose\"]")
+    assert band.count() >= 1, "the phase-change band is not drawn"
+    assert chart.locator("text", has_text="L1H1 ↑").count() == 1  # the band's tag
+    assert page.get_by_text("Phase change:").count() == 1 and page.get_by_text("Loss bump:").count() == 1
+    assert page.get_by_text(re.compile(r"L1H1's induction score rose from [\d.]+ to [\d.]+ between iter "
+                                       rf"{run.iters[1]} and {run.iters[2]}")).count() == 1
+    assert "L0H0" in page.locator("[data-testid='stMetric']").filter(has_text="Head").inner_text()
+
+    # L1H1's last point stands well above every other head's, so the nearest point is its own
+    target = chart.locator(f"path[role='graphics-symbol'][aria-label$='head: L1H1; iter: {run.iters[-1]}']")
+    box = target.bounding_box()
+    assert box is not None, "the L1H1 point is not drawn"
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    wait_for_app(page, settle_ms=600)
+    assert_no_exception(page)
+    assert "L1H1" in page.locator("[data-testid='stMetric']").filter(has_text="Head").inner_text()
+    heading = page.get_by_role("heading", name="L1H1's top validation examples")
+    heading.wait_for()
+    heading.scroll_into_view_if_needed()
+    assert page.get_by_text(re.compile(r"^L1H1 at iter \d+, from query position \d+")).count() == 1
+    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    page.set_viewport_size({"width": 1280, "height": min(int(height) + 40, 4000)})
+    page.wait_for_timeout(800)
+    assert screenshot(page, "timeline-analysis").stat().st_size > 10_000
+
+
+INDUCTION = REPO / "checkpoints" / "shakespeare-induction"  # the bundled model that forms an induction head
+PHASE = re.compile(r"(L\d+H\d+)'s induction score rose from ([\d.]+) to ([\d.]+) between iter (\d+) and (\d+)")
+
+
+@pytest.fixture(scope="module")
+def induction_url(app_server, tmp_path_factory) -> str:
+    """The Timeline of a server whose only run is a copy of the bundled induction model."""
+    if not (INDUCTION / "analysis" / "meta.json").is_file():
+        pytest.skip(f"{INDUCTION} has no analysis/ (python -m trainers.analyze --run {INDUCTION.name} writes it)")
+    root = tmp_path_factory.mktemp("induction")
+    shutil.copytree(INDUCTION, root / INDUCTION.name)
+    return app_server(root, NANOLENS_BUNDLED="") + "/timeline"
+
+
+def test_the_induction_model_shows_its_phase_change_and_a_click_opens_the_head(page, induction_url: str) -> None:
+    open_app(page, induction_url)
+    assert_no_exception(page)
+    said = page.get_by_text(PHASE)
+    said.first.wait_for()
+    head, before, after, start, end = PHASE.search(said.first.inner_text()).groups()
+    assert float(before) <= 0.02 and float(after) >= 0.10, said.first.inner_text()  # the issue's numbers
+    chart = page.locator("[data-testid='stVegaLiteChart']").first
+    chart.scroll_into_view_if_needed()
+    assert chart.locator("text", has_text=f"{head} ↑").count() == 1  # its band on the chart
+    points = chart.locator(f"path[role='graphics-symbol'][aria-label*='head: {head}; iter: ']")
+    assert points.count() >= 2
+    box = points.last.bounding_box()  # the head's last snapshot: far above the heads that never formed
+    assert box is not None
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    wait_for_app(page, settle_ms=600)
+    assert_no_exception(page)
+    assert head in page.locator("[data-testid='stMetric']").filter(has_text="Head").inner_text()
+    heading = page.get_by_role("heading", name=f"{head}'s top validation examples")
+    heading.wait_for()
+    heading.scroll_into_view_if_needed()
+    height = page.evaluate("() => document.querySelector(\"[data-testid='stMain']\").scrollHeight")
+    page.set_viewport_size({"width": 1280, "height": min(int(height) + 40, 4000)})
+    page.wait_for_timeout(800)
+    assert screenshot(page, "timeline-induction").stat().st_size > 10_000
