@@ -91,9 +91,9 @@ def panel() -> None:
                 elif cols[h + 1].checkbox(f"layer {l} head {h}", key=head_key(l, h),
                                           label_visibility="collapsed"):
                     heads.append((l, h))
-        st.caption("MLP layers")
+        st.caption("MLP layers to ablate")
         cols = st.columns(min(L, 6))
-        mlp = tuple(l for l in range(L) if cols[l % len(cols)].checkbox(f"MLP {l}", key=mlp_key(l)))
+        mlp = tuple(l for l in range(L) if cols[l % len(cols)].checkbox(f"L{l}", key=mlp_key(l)))  # fits a column
         c1, c2 = st.columns([1, 2])
         n_layer = c1.selectbox("Neuron layer", range(L), key=N_LAYER)
         text = c2.text_input("Neurons", key=N_TEXT, placeholder="e.g. 3, 17",
