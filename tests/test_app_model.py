@@ -198,6 +198,7 @@ def test_home_is_the_default_page(root: Path) -> None:
     links = _links(at)
     assert links.pop("Choose another model") == "model"
     assert list(links)[:3] == ["Walkthrough", "Train", "Attention"]
+    assert links["Timeline"] == "timeline"
     for page, label in (("patch", "Patch"), ("attribution", "Attribution")):  # only once they exist
         assert (label in links) == (Path(MAIN).parent / "screens" / f"{page}.py").is_file()
 

@@ -1,5 +1,5 @@
 """Home page, the app's default: what nanolens is, the model being inspected in one line, and where
-to start (the Walkthrough for learners, Train, Attention, and Patch / Attribution where those pages
+to start (the Walkthrough for learners, Train, Attention, Timeline, and Patch / Attribution where those pages
 exist). The full model card lives on the Model page.
 
 Widgets and layout only: the model comes from app.resources, its numbers from app.views.model_card.
@@ -24,6 +24,9 @@ START = [
     ("screens/attention.py", "Attention", "grid_on",
      "Which tokens does each head read? Every head's pattern and Q·K scores, all heads at a glance, "
      "and scores for previous-token, first-token and induction heads."),
+    ("screens/timeline.py", "Timeline", "timeline",
+     "When did it learn that? Replay a run's snapshots and watch heads form: the bundled "
+     "shakespeare-induction run grows an induction head between iter 1000 and 1500."),
     ("screens/patch.py", "Patch", "build",
      "Does a head matter? Patch a clean prompt's activations into a corrupted one, layer by layer "
      "or head by head, and see which ones carry the answer."),
@@ -60,7 +63,9 @@ def model_line() -> None:
 def start_here() -> None:
     st.subheader("Start here")
     paths = [p for p in START if (resources.APP_DIR / p[0]).is_file()]
-    for col, (page, label, icon, what) in zip(st.columns(len(paths)), paths):
+    n = 3 if len(paths) > 4 else len(paths)  # rows of three: six in a row cut their labels
+    cols = [c for _ in range(0, len(paths), n) for c in st.columns(n)]
+    for col, (page, label, icon, what) in zip(cols, paths):
         with col.container(border=True, height="stretch"):
             st.page_link(page, label=label, icon=f":material/{icon}:")
             st.caption(what)
