@@ -18,6 +18,7 @@ wall-clock ratios are reported beside them.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import os
 import platform
@@ -144,3 +145,34 @@ def _fmt(c: Any) -> str:
     if isinstance(c, float):
         return f"{c:.3f}" if abs(c) < 100 else f"{c:.1f}"
     return "-" if c is None else str(c)
+
+
+def page_args(doc: str, threads: int) -> argparse.ArgumentParser:
+    """The arguments every page bench takes: model preset, prompt length, repetitions, threads."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--preset", default="baby")
+    ap.add_argument("--T", type=int, default=256, help="prompt length (<= block_size)")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="5 repetitions")
+    ap.add_argument("--threads", type=int, default=threads)
+    return ap
+
+
+def case_args(prog: str, doc: str, threads: int) -> argparse.ArgumentParser:
+    """The arguments of the benches that run a bundled-model and a GPT-2-shape case."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads})")
+    ap.add_argument("--only", choices=["bundled", "gpt2"], help="run one case")
+    return ap
+
+
+def browser_missing(chromium: str) -> str | None:
+    """Why a browser bench cannot run here (no Chromium, no Playwright), or None when it can."""
+    if not os.access(chromium, os.X_OK):
+        return f"{chromium} not found (apt-get install chromium)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -r requirements-dev.txt)"
+    return None

@@ -19,7 +19,6 @@ timed interleaved (order rotating); the sweeps, much slower, once per repetition
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bench import DEFAULT_THREADS, goal, interleaved, machine, ms, set_threads, table, verdict
+from bench import DEFAULT_THREADS, case_args, goal, interleaved, machine, ms, set_threads, table, verdict
 from gpt import attribution, flow, patching
 from gpt.config import GPTConfig
 from gpt.model import GPT
@@ -119,11 +118,7 @@ def bench_case(name: str, reps: int, patch_reps: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m bench.bench_attribution", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch threads (default 1)")
-    ap.add_argument("--only", choices=["bundled", "gpt2"], help="run one case")
-    args = ap.parse_args(argv)
+    args = case_args("python -m bench.bench_attribution", __doc__, DEFAULT_THREADS).parse_args(argv)
     set_threads(args.threads)
     print(f"== bench_attribution: DLA, contributions + graph, and patching the same question; "
           f"torch threads {args.threads}")

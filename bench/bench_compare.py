@@ -16,12 +16,11 @@ the process CPU clock; more: the wall clock (as bench_pages).
 """
 from __future__ import annotations
 
-import argparse
 from typing import Any, Callable
 
 import torch
 
-from bench import DEFAULT_THREADS, goal, interleaved, machine, ms, ratio, set_threads, table
+from bench import DEFAULT_THREADS, goal, interleaved, machine, ms, page_args, ratio, set_threads, table
 from bench.bench_pages import CHARS, serialize, trace
 from gpt.config import GPTConfig
 from gpt.model import GPT
@@ -82,13 +81,7 @@ def variants(models: tuple[GPT, GPT], tok: CharTokenizer, ids: list[int]) -> dic
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="baby")
-    ap.add_argument("--T", type=int, default=256, help="prompt length (<= block_size)")
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--quick", action="store_true", help="5 repetitions")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    args = ap.parse_args(argv)
+    args = page_args(__doc__, DEFAULT_THREADS).parse_args(argv)
     reps = 5 if args.quick else args.reps
     set_threads(args.threads)
     tok = CharTokenizer(list(CHARS))

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import goal, machine, table
+from bench import browser_missing, goal, machine, table
 from tests.e2e.server import StreamlitServer, descendants, kill_all
 
 LAG_GOAL_S = 2.0
@@ -204,12 +204,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     minutes = 3.0 if args.quick else args.minutes
     duration = minutes * 60
     warmup = args.warmup_s if args.warmup_s is not None else min(120.0, max(30.0, 0.1 * duration))
-    if not os.access(CHROMIUM, os.X_OK):
-        return {"skipped": f"{CHROMIUM} not found (apt-get install chromium)"}
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return {"skipped": "playwright is not installed (pip install -r requirements-dev.txt)"}
+    if why := browser_missing(CHROMIUM):
+        return {"skipped": why}
+    from playwright.sync_api import sync_playwright
     from tests.e2e.helpers import open_app
     from trainers import runs
 

@@ -16,7 +16,6 @@ then sums the threads. Both clocks are printed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -25,7 +24,7 @@ from typing import Any, Callable
 import plotly.io as pio
 import torch
 
-from bench import DEFAULT_THREADS, goal, machine, set_threads, table
+from bench import DEFAULT_THREADS, goal, machine, page_args, set_threads, table
 from gpt.config import GPTConfig
 from gpt.generate import Generator
 from gpt.model import GPT
@@ -152,13 +151,7 @@ def generate_run(model: GPT, tok: CharTokenizer, ids: list[int]) -> Callable[[],
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="baby")
-    ap.add_argument("--T", type=int, default=256, help="prompt length (<= block_size)")
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--quick", action="store_true", help="5 repetitions")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    args = ap.parse_args(argv)
+    args = page_args(__doc__, DEFAULT_THREADS).parse_args(argv)
     reps = 5 if args.quick else args.reps
     set_threads(args.threads)
     torch.manual_seed(0)

@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench import DEFAULT_THREADS, goal, machine, ratio, set_threads, table, verdict
+from bench import DEFAULT_THREADS, case_args, goal, machine, ratio, set_threads, table, verdict
 from bench.peers import transformerlens_how_to_get, transformerlens_python
 from gpt.config import GPTConfig
 from gpt.edit import Edits
@@ -290,11 +290,7 @@ def bench_case(name: str, reps: int, warmup: int, peer: TLPeer | None) -> list[d
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m bench.bench_patching", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch threads (default 1)")
-    ap.add_argument("--only", choices=["bundled", "gpt2"], help="run one case")
-    args = ap.parse_args(argv)
+    args = case_args("python -m bench.bench_patching", __doc__, DEFAULT_THREADS).parse_args(argv)
     set_threads(args.threads)
     python = transformerlens_python()
     print(f"== bench_patching: sweep vs a per-cell Edits loop and TransformerLens; torch threads {args.threads}")

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import goal, machine, table
+from bench import browser_missing, goal, machine, table
 from bench.bench_live import CHROMIUM, CHROMIUM_ARGS, _cmdline, _stop_run, family_rss_mib, pct
 from tests.e2e.helpers import _IDLE_JS
 from tests.e2e.server import REPO, StreamlitServer, descendants, kill_all
@@ -250,12 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.reps = 2, 3
-    if not os.access(CHROMIUM, os.X_OK):
-        return {"skipped": f"{CHROMIUM} not found (apt-get install chromium)"}
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        return {"skipped": "playwright is not installed (pip install -r requirements-dev.txt)"}
+    if why := browser_missing(CHROMIUM):
+        return {"skipped": why}
     from trainers import runs
 
     info = machine()
