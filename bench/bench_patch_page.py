@@ -19,7 +19,7 @@ for site in ("resid_pre", "head_pos"):
         at.run()
         at.text_input(key="pt_ans_Clean answer").set_value("e"); at.text_input(key="pt_ans_Corrupted answer").set_value("a")
         at.selectbox(key="pt_site").set_value(site); at.run()
-        resources._analysis_cache().clear()  # the sweep uncached (the model stays loaded)
+        resources.traces._analysis_cache().clear()  # the sweep uncached (the model stays loaded)
         b = [b for b in at.button if b.label == "Run the sweep"][0]
         t0 = time.perf_counter(); b.click().run(); ts.append(time.perf_counter() - t0)
         assert not at.exception and not at.error, [e.value for e in at.error]

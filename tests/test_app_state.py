@@ -1,4 +1,4 @@
-"""app/state.py, app/resources.py, app/uploads.py and the pure views they use (prompt, model card),
+"""app/state.py, app/resources, app/uploads.py and the pure views they use (prompt, model card),
 without a running app: defaults, prompt checks, the model and trace caches and uploads. What can be
 inspected (discovery, labels) is tests/test_catalog.py."""
 from __future__ import annotations
