@@ -234,3 +234,19 @@ def test_eta_comes_from_the_runs_measured_rate(tmp_path: Path) -> None:
     assert len(ratios) >= 10
     assert 1 / 1.5 <= statistics.median(ratios.values()) <= 1.5, ratios
     assert all(1 / 2 <= r <= 2 for it, r in ratios.items() if it >= 21), ratios
+
+
+def test_vocab_guess_matches_each_offline_corpus() -> None:
+    """Each named corpus's guess equals the character set its run finds (shakespeare ones need the
+    text beside the checkout; without it those are skipped, python-docs always runs)."""
+    from trainers import data
+
+    checked = 0
+    for name in data.CORPORA:
+        if name.startswith("shakespeare") and data._cached_shakespeare() is None:
+            continue  # Tiny Shakespeare absent (CI's clean clone): never download in a test
+        text, source = data.load_text(name, log=lambda _m: None)
+        assert source["name"] == name
+        assert te.guess_vocab(TrainConfig.from_preset("tiny", data=name)) == len(set(text)), name
+        checked += 1
+    assert checked >= 1  # python-docs ships with Python

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from trainers.config import TrainConfig
 
 # vocabulary sizes before the data is read (estimates only; the run uses the real one)
-VOCAB_GUESS = {"shakespeare": 65, "python-docs": 103}
+VOCAB_GUESS = {"shakespeare": 65, "shakespeare-repeats": 66, "python-docs": 103}  # repeats: + its "|" mark
 CHAR_VOCAB_GUESS = 100  # an uploaded or unknown text
 GPT2_VOCAB = 50257
 MEASURE_BUDGET_S = 2.0  # timed steps per measurement, about (warm-ups and the eval come on top)
