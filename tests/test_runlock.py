@@ -191,3 +191,21 @@ def test_two_resumes_at_once_start_one_run_and_tell_the_other_the_truth(root: Pa
     assert sorted(p.returncode for p in procs) == [0, 2], outs
     it = iters_logged(d)
     assert it == sorted(set(it)) and it[-1] == 59
+
+
+def test_delete_refused_while_a_job_writes_inside_the_run(root: Path) -> None:
+    """A run whose analysis job (or any job with its own lock inside the run) is live cannot be
+    deleted; once that job is gone, it can."""
+    d = root / "analysed"
+    (d / "analysis").mkdir(parents=True)
+    runfolder.write_json_atomic(d / "status.json", {"state": "done", "pid": None, "iter": 4, "message": "done"})
+    p = holder(d / "analysis")
+    try:
+        with pytest.raises(ValueError, match="job still writing analysis/"):
+            runs.delete("analysed", root)
+        assert (d / "status.json").is_file()  # nothing was removed
+    finally:
+        p.kill()
+        p.wait()
+    runs.delete("analysed", root)
+    assert not d.exists()

@@ -29,7 +29,7 @@ from trainers.config import (PRESETS, RUN_CONFIG_FILE, TrainConfig, check_config
 from trainers.runfolder import (LIVE_STATES, STATES, STOP_FILE, append_jsonl, clean_leftovers, get_dict,
                                 is_count, is_number, latest_iter, load_json, pid_alive, read_json,
                                 read_metrics, read_status, unreadable, write_json_atomic)
-from trainers.runlock import LOCK_ENV, RunBusy, RunLock, lock_held
+from trainers.runlock import LOCK_ENV, LOCK_FILE, RunBusy, RunLock, lock_held
 from trainers.runfolder import now as _now
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -282,6 +282,15 @@ def _refuse_readonly(st: dict, verb: str) -> None:
                          "start a new run to train further, or copy the folder under another name")
 
 
+def _busy_job(run_dir: Path) -> str | None:
+    """The first folder inside the run (relative path) whose own lock a live job holds (the
+    analysis job's analysis/.lock and the other background jobs' locks), else None."""
+    for lock in sorted(run_dir.rglob(LOCK_FILE)):
+        if lock.parent != run_dir and lock_held(lock.parent):
+            return str(lock.parent.relative_to(run_dir))
+    return None
+
+
 def delete(name: str, root: str | os.PathLike | None = None) -> None:
     """Remove a run folder; refused while a process writes it (live, or holding its lock), and
     for shipped read-only runs. An unreadable run can be deleted."""
@@ -289,6 +298,10 @@ def delete(name: str, root: str | os.PathLike | None = None) -> None:
     _refuse_readonly(dict(st, name=name), "deleted")
     if st["state"] in LIVE_STATES:
         raise ValueError(f"run {name!r} is {st['state']}; stop it before deleting it")
+    busy = _busy_job(Path(st["path"]))
+    if busy is not None:
+        raise ValueError(f"run {name!r} has a job still writing {busy}/ (an analysis, a lens fit or an SAE); "
+                         "stop it, or wait for it to end, before deleting the run")
     try:
         lock = RunLock.acquire(st["path"], wait_s=1.0)
     except RunBusy:
