@@ -280,15 +280,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     closer()
             except Exception as e:  # noqa: BLE001 -- whatever one raises, tear down the rest
                 print(f"  (teardown: {type(e).__name__}: {e})")
-        left = descendants(os.getpid())  # should be none: report and kill what is
-        stray += [f"{pid}: {_cmdline(pid)}" for pid, _ in left]
-        kill_all(left)
-        if old_cache is None:
-            os.environ.pop("NANOLENS_CACHE", None)
-        else:
-            os.environ["NANOLENS_CACHE"] = old_cache
-        shutil.rmtree(tmp, ignore_errors=True)
+        stray += reap(old_cache, tmp)
     return report(args, minutes, warmup, t_start, samples, shown, watcher.rows, ws, stray, info)
+
+
+def reap(old_cache: str | None, tmp: Path) -> list[str]:
+    """A bench's last teardown step: kill what it left running (there should be nothing; each is
+    named in the returned list), put $NANOLENS_CACHE back and remove its temp folder."""
+    left = descendants(os.getpid())
+    stray = [f"{pid}: {_cmdline(pid)}" for pid, _ in left]
+    kill_all(left)
+    if old_cache is None:
+        os.environ.pop("NANOLENS_CACHE", None)
+    else:
+        os.environ["NANOLENS_CACHE"] = old_cache
+    shutil.rmtree(tmp, ignore_errors=True)
+    return stray
 
 
 def _stop_run(runs: Any, name: str, root: Path) -> None:

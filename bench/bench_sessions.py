@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -40,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import browser_missing, goal, machine, table
-from bench.bench_live import CHROMIUM, CHROMIUM_ARGS, _cmdline, _stop_run, family_rss_mib, pct
+from bench.bench_live import CHROMIUM, CHROMIUM_ARGS, _stop_run, family_rss_mib, pct, reap
 from tests.e2e.helpers import _IDLE_JS
-from tests.e2e.server import REPO, StreamlitServer, descendants, kill_all
+from tests.e2e.server import REPO, StreamlitServer
 
 BUNDLED = REPO / "checkpoints" / "shakespeare-char"
 EXC = "[data-testid='stException']"
@@ -274,14 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _stop_run(runs, name, root)
         for s in servers:
             s.stop()
-        left = descendants(os.getpid())
-        stray = [f"{pid}: {_cmdline(pid)}" for pid, _ in left]
-        kill_all(left)
-        if old_cache is None:
-            os.environ.pop("NANOLENS_CACHE", None)
-        else:
-            os.environ["NANOLENS_CACHE"] = old_cache
-        shutil.rmtree(tmp, ignore_errors=True)
+        stray = reap(old_cache, tmp)
     res.update(machine=info, args=vars(args) | {"json": str(args.json)}, stray_processes=stray)
     return report(res, args)
 
