@@ -15,15 +15,19 @@ metric_row(cells)         a row of st.metric, one per (label, value[, its other 
 say(msg)                  a (level, text) message shown as st.info / success / warning / error
 kept_select(label, ...)   a select box whose kept value falls back to the first option once it is gone
 load_or_stop(ref, what)   the model at ref, or an error saying why not and a stop (or_stop: any loader)
+export_bar(page, insp, ...)  the data behind a page's view (NPZ, CSV) and "Open as notebook" downloads
+copy_link(where, page, pages) the URL of the view (app.deeplink) kept in the address bar, and shown to copy
 """
 from __future__ import annotations
 
+import io
+import zipfile
 import zlib
 from typing import Any, Callable, Sequence, TypeVar
 
 import streamlit as st
 
-from app import catalog, interventions, resources, state
+from app import catalog, deeplink, exporting, interventions, notebooks, resources, state
 from app.inspection import Inspection
 from app.views import heads as vh
 from app.views.tokens import glyph_legend
@@ -226,3 +230,65 @@ def picker(key: str, level: str = "checkpoint", where: Any = st, current: str | 
         return None
     which = right.selectbox("Checkpoint", list(options), key=f"{key}_ckpt_{source}", help=help)
     return options.get(which)
+
+
+# -- export ------------------------------------------------------------------------------------------
+CSV_MAX_CELLS = 2_000_000  # a long-format CSV of a bigger table (all heads at T=1024) would be huge: NPZ only
+
+
+def _csv_zip(tables: list[exporting.Table]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for t in tables:
+            if t.values.size <= CSV_MAX_CELLS:
+                z.writestr(f"{t.name}.csv", exporting.to_csv(t))
+    return buf.getvalue()
+
+
+def png_only(name: str) -> dict[str, Any]:
+    """A plotly config whose modebar holds only "Download plot as a png" (for small clickable charts
+    whose other modebar buttons would get in the way), saving nanolens-<name>.png at twice the size."""
+    return {"displaylogo": False, "modeBarButtons": [["toImage"]],
+            "toImageButtonOptions": {"format": "png", "filename": f"nanolens-{name}", "scale": 2}}
+
+
+def export_bar(page: str, insp: Inspection | None = None, loaded: "resources.Loaded | None" = None,
+               where: Any = st, **settings: Any) -> None:
+    """Three download buttons under a page's view: its data as NPZ (every table, with its labels) and
+    as CSV (a zip, one file per table), and "Open as notebook" (an .ipynb that recomputes the numbers
+    with gpt/). `settings` are the page's own choices, as app.exporting.page_tables and
+    app.notebooks.page_notebook take them. Nothing is computed until a button is clicked."""
+    tables = lambda: exporting.page_tables(page, insp, {**settings, "loaded": loaded})  # noqa: E731
+    a, b, c = where.columns(3)
+    a.download_button("Data (NPZ)", lambda: exporting.to_npz(tables()), exporting.filename(page, "data", "npz"),
+                      "application/octet-stream", key=f"_export_npz_{page}", on_click="ignore",
+                      icon=":material/download:", help="Every array of this view with its labels; np.load reads it.")
+    b.download_button("Data (CSV)", lambda: _csv_zip(tables()), exporting.filename(page, "csv", "zip"),
+                      "application/zip", key=f"_export_csv_{page}", on_click="ignore", icon=":material/table:",
+                      help="One CSV per array, with token, layer and head labels.")
+    try:
+        notebooks.edit_spec(insp.edit if insp is not None else None)
+    except ValueError as e:  # an edit that cannot be written as text
+        c.caption(str(e))
+        return
+    c.download_button("Open as notebook", lambda: notebooks.page_notebook(page, insp, settings, loaded=loaded),
+                      exporting.filename(page, "notebook", "ipynb"),
+                      "application/x-ipynb+json", key=f"_export_nb_{page}", on_click="ignore",
+                      icon=":material/code:", help="A Jupyter notebook that loads this checkpoint and "
+                      "recomputes and plots these numbers with the gpt/ API.")
+
+
+def copy_link(where: Any, page: str, pages: Sequence[str]) -> None:
+    """Write the view's parameters into the URL (app.deeplink.sync) and show the link in `where` (a
+    placeholder), in st.code, whose copy button needs no component and works offline. Never raises:
+    a failure here must not take the page down."""
+    try:
+        params = deeplink.sync(st.query_params, st.session_state, page)
+        url = deeplink.link(str(st.context.url or ""), page, params, pages)
+    except Exception:  # noqa: BLE001 (a session closing mid-run, a context without a URL)
+        return
+    with where.container().expander("Link to this view", icon=":material/link:"):
+        st.code(url, language=None, wrap_lines=True)
+        st.caption("Copy it with the button in its corner: it opens this model, prompt, layer, head and "
+                   "position." + (" The prompt is too long for a link and stays out." if "prompt" not in params
+                                  and st.session_state.get(state.PROMPT) else ""))

@@ -32,7 +32,10 @@ class Loaded:
     ref: str  # what the user chose (run folder, checkpoint folder, file)
     label: str  # short display name (catalog.describe)
     config: GPTConfig
-    stamp: str = field(default="", compare=False)  # resolved checkpoint + its mtime (cache key)
+    # resolved checkpoint + its mtime, + device, dtype and a chosen tokenizer (every cache keys by it)
+    stamp: str = field(default="", compare=False)
+    device: str = "cpu"  # where the model's weights are: "cpu" | "cuda" (gpt.devices)
+    dtype: str = "fp32"  # "fp32" | "bf16" | "fp16"; recordings come back to the CPU in fp32 anyway
 
 
 def edit_key(edit: "Edits | None") -> Hashable:

@@ -17,6 +17,8 @@ from app.views import interventions as vi
 
 SPEC, SHAPE = "iv_spec", "_iv_shape"
 HOW, N_LAYER, N_TEXT = "iv_how", "iv_neuron_layer", "iv_neurons"
+SAE_PICK, SAE_FEAT, SAE_MODE, SAE_ALPHA = "iv_sae", "iv_sae_feature", "iv_sae_mode", "iv_sae_alpha"
+NO_SAE, ALPHA = "none", 8.0
 
 
 def head_key(layer: int, head: int) -> str:
@@ -34,6 +36,7 @@ def turn_off() -> None:
         if isinstance(k, str) and (k.startswith("iv_h_") or k.startswith("iv_mlp_")):
             ss[k] = False
     ss[N_TEXT] = ""
+    ss[SAE_PICK] = NO_SAE
     ss[SPEC] = dict(vi.EMPTY)
     ss[state.EDIT] = None
 
@@ -55,6 +58,44 @@ def _reshape(n_layer: int, n_head: int, d_mlp: int) -> None:
     if new != old:
         ss["_iv_note"] = "This model is smaller: the edit parts it does not have were cleared."
     ss[SPEC] = new
+
+
+def use_feature(folder: str, feature: int, mode: str) -> None:
+    """Put an SAE feature in the panel, to ablate or steer with (the Features page's buttons)."""
+    ss = st.session_state
+    ss[SAE_PICK], ss[SAE_FEAT], ss[SAE_MODE] = folder, int(feature), mode
+
+
+def _feature_part(loaded: Any) -> tuple[tuple | None, Any]:
+    """The panel's SAE-feature row, shown when the model's run has SAEs (or one is picked):
+    (spec["sae"] or None, the loaded SAE or None)."""
+    ss = st.session_state
+    choices = {folder: label.split(" · ")[0] for label, folder in resources.sae_choices(loaded).items()}
+    if ss.get(SAE_PICK) not in choices:
+        ss[SAE_PICK] = NO_SAE
+    if not choices:
+        return None, None
+    folder = st.selectbox("SAE feature", [NO_SAE, *choices], key=SAE_PICK,
+                          format_func=lambda f: "none" if f == NO_SAE else choices[f],
+                          help="Ablate one SAE feature (subtract its decoder contribution where it fires) "
+                               "or steer with it (add alpha × its decoder direction); see the Features page.")
+    if folder == NO_SAE:
+        return None, None
+    try:
+        sae = resources.sae(folder, loaded)
+    except ValueError as e:  # another width or a damaged file: say so and leave it out
+        st.error(str(e))
+        return None, None
+    if not 0 <= int(ss.get(SAE_FEAT, 0)) < sae.cfg.n_latents:
+        ss[SAE_FEAT] = 0
+    ss.setdefault(SAE_ALPHA, ALPHA)
+    c1, c2 = st.columns([1, 1])
+    f = c1.number_input("Feature", 0, sae.cfg.n_latents - 1, key=SAE_FEAT)
+    mode = c2.radio("Use it to", vi.FEATURE_MODES, key=SAE_MODE)
+    alpha = st.slider("alpha (steer)", -30.0, 30.0, step=0.5, key=SAE_ALPHA,
+                      help="The added vector's norm in residual units (the direction has norm 1).") \
+        if mode == "steer" else 0.0
+    return (folder, int(f), mode, float(alpha)), sae
 
 
 def panel() -> None:
@@ -102,12 +143,15 @@ def panel() -> None:
         if msg:
             st.error(msg)
         spec = {"how": how, "heads": tuple(heads), "mlp": mlp, "neurons": (int(n_layer), idx)}
+        part, sae = _feature_part(loaded)
+        if part is not None:
+            spec["sae"] = part
         ss[SPEC] = spec
         ref = None
         if how == "mean":
             p = resources.prompt_ids(loaded, ss.get(state.PROMPT) or "")
             ref = p.ids if p.ok else None
-        ss[state.EDIT] = vi.build(spec, ref)
+        ss[state.EDIT] = vi.build(spec, ref, sae)
         if ss[state.EDIT]:
             st.button("Turn off", key="iv_off_sidebar", on_click=turn_off)
 

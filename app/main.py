@@ -3,7 +3,8 @@
 It only routes: st.navigation over the page scripts in app/screens/ (a page is listed only when its
 file exists, so later pages plug in without editing this file), plus the one element every page
 shares, the current model in the sidebar (components.picker). Session defaults come from
-app.state.init_state().
+app.state.init_state(); a deep link's parameters (app.deeplink) are applied before any page runs,
+and the URL and the sidebar's "Link to this view" follow the view after it ran.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ if str(REPO) not in sys.path:  # `streamlit run app/main.py` puts app/, not the 
 
 import streamlit as st  # noqa: E402
 
-from app import catalog, components, interventions, state  # noqa: E402
+from app import catalog, components, deeplink, interventions, state  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # (file under app/, title, url_path, icon); the first is the default page. Material icons are drawn
@@ -35,6 +36,7 @@ PAGES = [
     ("screens/compare.py", "Compare", "compare", ":material/compare_arrows:"),
     ("screens/patch.py", "Patch", "patch", ":material/build:"),
     ("screens/attribution.py", "Attribution", "attribution", ":material/account_tree:"),
+    ("screens/features.py", "Features", "features", ":material/scatter_plot:"),
 ]
 ICON = HERE / "static" / "nanolens.png"  # the browser tab's icon, served by this app
 SIDEBAR_KEY = "_sidebar_model"
@@ -70,11 +72,30 @@ def model_sidebar() -> None:
         st.sidebar.caption("Model: none yet")
 
 
+def page_list() -> list[st.Page]:
+    """The st.Page of every page file present. The default page is served at / (its own url_path
+    would answer "Page not found"), so it is registered twice: visible at /, and hidden at its own
+    path (/home), which is where links to it and deep links point."""
+    present = [p for p in PAGES if (HERE / p[0]).is_file()]
+    out = [st.Page(f, title=t, url_path=u, icon=i) for f, t, u, i in present[1:]]
+    if present:
+        f, t, u, i = present[0]
+        out = [st.Page(f, title=t, url_path=DEFAULT_ALIAS, icon=i, default=True), *out,
+               st.Page(f, title=t, url_path=u, icon=i, visibility="hidden")]
+    return out
+
+
+DEFAULT_ALIAS = "index"  # the default page's internal name (served at /, never linked)
 st.set_page_config(page_title="nanolens", page_icon=str(ICON), layout="wide")
 state.init_state()
-pages = [st.Page(f, title=t, url_path=u, icon=i, default=(n == 0))
-         for n, (f, t, u, i) in enumerate(p for p in PAGES if (HERE / p[0]).is_file())]
-nav = st.navigation(pages)
+notes = deeplink.apply(st.query_params, st.session_state)  # before any widget reads the state
+nav = st.navigation(page_list())
 model_sidebar()
 interventions.panel()
-nav.run()
+for note in notes:
+    st.warning(note, icon=":material/link_off:")
+link_box = st.sidebar.empty()
+try:
+    nav.run()
+finally:  # also after st.stop / st.rerun: the URL and the link follow what the page settled on
+    components.copy_link(link_box, nav.url_path or PAGES[0][2], [u for _, _, u, _ in PAGES])

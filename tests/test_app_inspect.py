@@ -89,7 +89,7 @@ def test_attention_induction_scores_on_demand(root: Path) -> None:
 
 def test_layers_radio_changes_the_norm_heatmap(root: Path) -> None:
     at = open_page("layers")
-    assert len(charts(at)) == 4
+    assert len(charts(at)) == 5  # norms, logit lens, the lens measures, PCA, positions (no tuned lens yet)
     assert any("‖resid_pre‖" in t for t in chart_titles(at))
     at.radio(key="layers_norm").set_value("MLP output").run()
     assert not at.exception

@@ -188,7 +188,7 @@ def test_home_is_the_default_page(root: Path) -> None:
 
     at = app(page=None)
     assert at.title[0].value == "nanolens"
-    assert not at.metric and not at.expander  # the model card stays on the Model page
+    assert not at.metric and not at.main.expander  # the model card stays on the Model page
     saved = json.loads((root / "tiny-run" / "latest" / "config.json").read_text())
     m, meta = saved["model"], saved["meta"]
     line = next(md.value for md in at.markdown if md.value.startswith("Inspecting "))
@@ -344,3 +344,81 @@ def test_bad_file_by_path_says_what_it_is_once(root: Path, tmp_path: Path, data:
     msg = at.error[0].value
     assert msg.startswith(f"Could not load that path: {bad}: {says}") and msg.count(str(bad)) == 1
     assert not any(w in msg for w in ("EOFError", "IndexError", "Unpickling", "Traceback"))
+
+
+# -- device, dtype, memory and a tokenizer chosen by hand (issue 17) ---------------------------------
+def test_device_line_and_dtype_choice(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line under the card says where the model runs and what it needs; choosing bf16 (offered on
+    this CPU only for tests, NANOLENS_CPU_HALF=1) loads it in bf16, and the inspector pages run on it."""
+    from gpt import devices
+
+    monkeypatch.setenv("NANOLENS_CPU_HALF", "1")
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
+    at = app()
+    line = next(m.value for m in at.markdown if m.value.startswith("**device:"))
+    assert line.startswith("**device: cpu, fp32** · needs weights") and "GiB free there" in line
+    assert at.selectbox(key="_device_pick").options == ["cpu"]
+    assert at.selectbox(key="_dtype_pick").options == ["fp32", "bf16"]
+    assert at.button(key="_device_go").disabled  # the choice is the model's already
+    at.selectbox(key="_dtype_pick").set_value("bf16")
+    at.run()
+    assert any("(bf16)" in c.value for c in at.caption)  # the estimate for the picked dtype
+    at.button(key="_device_go").click()
+    at.run()
+    assert not at.exception and [s.value for s in at.success] == ["Now on device: cpu, bf16."]
+    assert any(m.value.startswith("**device: cpu, bf16**") for m in at.markdown)
+    assert (at.session_state["model_device"], at.session_state["model_dtype"]) == ("cpu", "bf16")
+    at.switch_page("screens/attention.py")
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+
+
+def test_too_large_choice_and_path_are_refused(root: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a memory limit below what the model needs the picker warns before loading, applying it
+    keeps the current model, and a path too large is refused with the numbers."""
+    from gpt import devices
+    from gpt.checkpoint import load, save
+
+    monkeypatch.setenv("NANOLENS_CPU_HALF", "1")
+    at = app()
+    monkeypatch.setenv(devices.LIMIT_ENV, "1000")
+    at.selectbox(key="_dtype_pick").set_value("bf16")
+    at.run()
+    assert any("This model does not fit" in w.value for w in at.warning)
+    at.button(key="_device_go").click()
+    at.run()
+    assert any(e.value.startswith("Kept device: cpu, fp32:") and "does not fit" in e.value for e in at.error)
+    assert "model_dtype" not in at.session_state  # nothing was chosen: the default stays
+    model, tok, _ = load(root / "tiny-run")
+    other = save(tmp_path / "other", model, tok)
+    at.text_input(key="_pick_path").input(str(other))
+    at.button(key="_pick_path_go").click()
+    at.run()
+    assert any("does not fit" in e.value and "free" in e.value and "MiB" in e.value for e in at.error)
+    assert at.session_state["model_ref"] != str(other)
+
+
+def test_ckpt_without_meta_pkl_offers_a_tokenizer(root: Path, tmp_path: Path, tiny_checkpoint) -> None:
+    """A ckpt.pt by path with no meta.pkl anywhere: the page says why a choice is needed, offers the
+    tokenizers that fit, and loads with the one chosen (a text file's characters, here the run's own)."""
+    ckpt, _ = _nanogpt(root)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "ckpt.pt").write_bytes(ckpt)
+    (tmp_path / "text.txt").write_text(tiny_checkpoint.text, encoding="utf-8")
+    at = app()
+    at.text_input(key="_pick_path").input(str(tmp_path / "out" / "ckpt.pt"))
+    at.button(key="_pick_path_go").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("has no meta.pkl, so the order of its 65 characters is unknown" in w.value for w in at.warning)
+    assert any("a text file" in o for o in at.radio(key="_tok_pick").options)
+    at.radio(key="_tok_pick").set_value("text")
+    at.run()
+    at.text_input(key="_tok_path").input(str(tmp_path / "text.txt"))
+    at.button(key="_tok_go").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["model_ref"] == str(tmp_path / "out" / "ckpt.pt")
+    assert any("chosen by hand" in i.value for i in at.info)
+    assert card_value(at, "Iterations trained") == "30"

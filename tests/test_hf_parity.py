@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from safetensors.torch import save_file
+
 from gpt.checkpoint import CheckpointError, load
+from gpt.imports import BIN_TO_SAFETENSORS
 from gpt.tokenizer import GPT2Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -77,13 +83,18 @@ def test_safetensors_save(saved: Path, hf_model) -> None:
     check_parity(saved / "model.safetensors", hf_model)
 
 
-def test_pytorch_model_bin(saved: Path, hf_model, tmp_path: Path) -> None:
-    """Older save_pretrained(safe_serialization=False): pytorch_model.bin, lm_head.weight included.
+def test_pytorch_model_bin_is_refused_with_its_conversion(saved: Path, hf_model, tmp_path: Path) -> None:
+    """Older save_pretrained(safe_serialization=False): pytorch_model.bin, a pickle. It is refused
+    with a one-liner that converts it; run in the folder, that one-liner makes it load, with parity.
     transformers 5 no longer writes it, so it is written the way it was: torch.save(state_dict)."""
     folder = tmp_path / "bin"
     folder.mkdir()
     shutil.copy(saved / "config.json", folder)
     torch.save(hf_model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="safetensors only") as ei:
+        load(folder)
+    assert BIN_TO_SAFETENSORS in str(ei.value)
+    subprocess.run([sys.executable, "-c", shlex.split(BIN_TO_SAFETENSORS)[2]], cwd=folder, check=True)
     check_parity(folder, hf_model)
 
 
@@ -93,13 +104,13 @@ def test_gpt2model_layout_with_mask_buffers(saved: Path, hf_model, tmp_path: Pat
     folder = tmp_path / "bare"
     folder.mkdir()
     shutil.copy(saved / "config.json", folder)
-    sd = {k.removeprefix("transformer."): v for k, v in hf_model.state_dict().items()
+    sd = {k.removeprefix("transformer."): v.clone() for k, v in hf_model.state_dict().items()
           if k != "lm_head.weight"}
     for i in range(2):
         sd[f"h.{i}.attn.bias"] = torch.tril(torch.ones(N_POS, N_POS)).view(1, 1, N_POS, N_POS)
         sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     assert "h.0.attn.c_attn.bias" in sd
-    torch.save(sd, folder / "pytorch_model.bin")
+    save_file(sd, str(folder / "model.safetensors"))
     check_parity(folder, hf_model)
 
 

@@ -1,9 +1,10 @@
 """TrainConfig: everything a training run needs besides the model's shape, its presets, and the
 checks that refuse a bad run before anything starts.
 
-The presets follow nanoGPT: `cpu-small` is the "I only have a macbook" line of its README and
-`baby` is config/train_shakespeare_char.py. Model-shape fields (block_size, n_layer, ...) are
-optional overrides of the GPTConfig preset of the same name, so a run is "preset + overrides".
+The presets follow nanoGPT: `cpu-small` is the "I only have a macbook" line of its README,
+`baby` is config/train_shakespeare_char.py and `gpt2` is config/train_gpt2.py (GPT-2 124M in GPT-2
+BPE). Model-shape fields (block_size, n_layer, ...) are optional overrides of the GPTConfig preset
+of the same name, so a run is "preset + overrides".
 """
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ import torch
 from gpt.config import GPTConfig
 from trainers.estimate import GPT2_VOCAB, estimate_memory
 
-MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
+MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+# The trainer trains nanoGPT's model: exact GELU, also for the gpt2 preset, whose GPTConfig is
+# Hugging Face's GPT-2 (tanh GELU, so that its weights reproduce their logits)
+TRAIN_ACTIVATION = "gelu"
+# nanoGPT pads GPT-2's 50257 tokens to 50304 = 786 * 64 for speed: the unembedding's matmul and
+# the logits' rows are then multiples of 64 (BENCHMARKS.md, "Trainer at GPT-2 scale", measures it);
+# the extra rows are never a target and learn to be improbable
+VOCAB_PAD = {"gpt2": 64}
 TOKENIZERS = ("char", "gpt2")
 RUN_CONFIG_FILE = "config.json"  # in a run folder: {"train": TrainConfig.to_dict(), ...}
 CHAR_VOCAB_BOUND = 256  # check_config's character vocabulary before the data is read
@@ -56,6 +64,7 @@ class TrainConfig:
     n_head: int | None = None
     n_embd: int | None = None
     dropout: float | None = None
+    bias: bool | None = None  # biases in Linear layers and LayerNorms
     # runtime
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -101,9 +110,18 @@ class TrainConfig:
         return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
 
     def model_config(self, vocab_size: int) -> GPTConfig:
-        """The GPTConfig preset of the same name with this config's shape overrides."""
+        """The GPTConfig preset of the same name with this config's shape overrides and nanoGPT's
+        exact GELU; `vocab_size` is the model's (see padded_vocab)."""
         overrides = {k: getattr(self, k) for k in MODEL_FIELDS if getattr(self, k) is not None}
-        return GPTConfig.preset(self.preset, vocab_size=vocab_size, **overrides)
+        return GPTConfig.preset(self.preset, vocab_size=vocab_size, activation=TRAIN_ACTIVATION,
+                                **overrides)
+
+
+def padded_vocab(vocab_size: int, tokenizer: str) -> int:
+    """The model's vocabulary for a tokenizer of `vocab_size` tokens: GPT-2's BPE rounded up to a
+    multiple of 64 as nanoGPT does (50257 -> 50304), a character vocabulary as it is."""
+    m = VOCAB_PAD.get(tokenizer, 1)
+    return -(-vocab_size // m) * m
 
 
 def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
@@ -145,6 +163,14 @@ PRESETS: dict[str, TrainConfig] = {
                         log_interval=10, batch_size=64, learning_rate=1e-3, min_lr=1e-4,
                         warmup_iters=100, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
                         block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
+    # nanoGPT config/train_gpt2.py on train.py's defaults: GPT-2 124M (12 x 12 x 768, block 1024,
+    # no biases, dropout 0), batch 12 x 1024 tokens x 40 micro steps (5 per GPU on 8 GPUs: under
+    # torchrun grad_accum is divided over the processes), 600k iterations, in GPT-2 BPE
+    "gpt2": TrainConfig(preset="gpt2", tokenizer="gpt2", max_iters=600_000, lr_decay_iters=600_000,
+                        eval_interval=1000, eval_iters=200, log_interval=10, batch_size=12,
+                        grad_accum=5 * 8, learning_rate=6e-4, min_lr=6e-5, warmup_iters=2000,
+                        weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, block_size=1024,
+                        n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False),
 }
 
 
@@ -320,9 +346,11 @@ def check_config(cfg: TrainConfig, vocab_size: int | None = None, device: str | 
                                     or cfg.threads < 1):
         raise ValueError(f"--threads must be a whole number >= 1, got {cfg.threads!r}; leave it out "
                          "for the default (all cores but one)")
-    if cfg.grad_accum % world_size != 0:
+    if cfg.grad_accum % world_size != 0:  # each process runs grad_accum / world_size micro steps
+        near = sorted({max(1, cfg.grad_accum // world_size) * world_size,
+                       (cfg.grad_accum // world_size + 1) * world_size})
         raise ValueError(f"--grad-accum ({cfg.grad_accum}) must be a multiple of the number of "
-                         f"processes ({world_size}); try --grad-accum {world_size}")
+                         f"processes ({world_size}); try --grad-accum {' or '.join(map(str, near))}")
     if cfg.name is not None:
         validate_run_name(cfg.name)
     if vocab_size is None:

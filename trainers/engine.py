@@ -137,7 +137,7 @@ class Engine:
         if self.device_type == "cuda":
             parts.append("tf32 on")
         if self.ddp:
-            parts.append(f"ddp {self.world_size} processes")
+            parts.append(f"ddp {self.world_size} process{'es' if self.world_size != 1 else ''}")
         if self.shards is not None:
             each = self.shard_threads
             parts.append(f"batch split in {self.shards.n} shards ({each} thread{'s' if each != 1 else ''} each)")

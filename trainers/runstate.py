@@ -21,7 +21,7 @@ from gpt.config import GPTConfig
 from gpt.model import GPT
 from gpt.tokenizer import Tokenizer
 from trainers import runs
-from trainers.config import RUN_CONFIG_FILE, TrainConfig, check_config, vocab_bound
+from trainers.config import RUN_CONFIG_FILE, TrainConfig, check_config, padded_vocab, vocab_bound
 from trainers.data import Corpus, default_data
 from trainers.runfolder import write_failure
 
@@ -47,7 +47,7 @@ class Start:
         n = self.model.get_num_params()
         lines = [f"model: {n / 1e6:.2f}M params ({cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} "
                  f"embd, block {cfg.block_size}); data: {src['name']} ({src['tokens']:,} {tok.kind} tokens, "
-                 f"vocab {tok.vocab_size})"]
+                 f"vocab {tok.vocab_size}{'' if cfg.vocab_size == tok.vocab_size else f', padded to {cfg.vocab_size}'})"]
         if self.run_cfg is not None:
             how = "optimizer state loaded" if self.opt_state is not None else "no optimizer state: fresh AdamW"
             lines.append(f"resumed from iter {self.iter} ({how})")
@@ -57,12 +57,13 @@ class Start:
 def new_run(cfg: TrainConfig, model_cfg: GPTConfig | None, device: str, world_size: int,
             log: Callable[[str], None]) -> Start:
     """A new run: cfg's corpus and tokenizer, and a GPT of model_cfg (None: cfg.model_config) with
-    the tokenizer's vocab_size, initialised from cfg.seed (the same on every rank). Raises
+    the tokenizer's vocab_size (GPT-2's padded to 50304, as nanoGPT: config.padded_vocab), initialised from cfg.seed (the same on every rank). Raises
     ValueError when the tokenizer's vocabulary makes cfg invalid."""
     corpus = Corpus.load(cfg.data or default_data(), cfg.tokenizer,
                          (model_cfg or cfg.model_config(65)).block_size, log=log)
     tok = corpus.tokenizer
-    model_cfg = replace(model_cfg or cfg.model_config(tok.vocab_size), vocab_size=tok.vocab_size)
+    vocab = padded_vocab(tok.vocab_size, tok.kind)
+    model_cfg = replace(model_cfg or cfg.model_config(vocab), vocab_size=vocab)
     if tok.vocab_size > vocab_bound(cfg):  # the Trainer's first check assumed a smaller vocabulary
         check_config(cfg, vocab_size=tok.vocab_size, device=device, world_size=world_size)
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)

@@ -42,10 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples: python -m trainers.train --preset cpu-small --data shakespeare | "
                "python -m trainers.train --resume --name tiny-shakespeare-20250101-120000 --max-iters 400 | "
                "python -m trainers.train --run checkpoints/my-run | "
-               "torchrun --nproc_per_node=2 -m trainers.train --preset baby")
+               "torchrun --standalone --nproc_per_node=8 -m trainers.train --preset gpt2")
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="base settings: tiny (tests), cpu-small (nanoGPT's "
-      "CPU line), baby (nanoGPT's shakespeare_char); flags override it (default: tiny)")
+      "CPU line), baby (nanoGPT's shakespeare_char), gpt2 (nanoGPT's train_gpt2: 124M in GPT-2 BPE); "
+      "flags override it (default: tiny)")
     a("--data", help="corpus: shakespeare, shakespeare-repeats (with repeated spans: grows an induction "
       "head), python-docs, or the path of a UTF-8 .txt file (default: "
       "shakespeare when cached or in ../shared, else python-docs; no network unless asked for)")
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--n-head", type=int, dest="n_head", help="attention heads (must divide --n-embd)")
     a("--n-embd", type=int, dest="n_embd", help="residual stream width")
     a("--dropout", type=float, help="dropout probability in [0, 1)")
+    a("--bias", action=argparse.BooleanOptionalAction, default=None,
+      help="biases in Linear layers and LayerNorms (default: the preset's; gpt2 has none, as nanoGPT)")
     a("--lr", type=float, dest="learning_rate", metavar="LR", help="peak learning rate (after warmup)")
     a("--min-lr", type=float, dest="min_lr", help="learning rate at the end of the cosine decay")
     a("--warmup-iters", type=int, dest="warmup_iters", help="linear warmup steps")

@@ -61,7 +61,7 @@ class Trainer:
         self.cb = callbacks or Callbacks()
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.ddp = "RANK" in os.environ and self.world_size > 1
+        self.ddp = "RANK" in os.environ  # under torchrun, as nanoGPT: 1 process on NCCL too
         self.master = self.rank == 0
         device = resolve_device(train_cfg.device)
         if self.ddp and device.startswith("cuda"):

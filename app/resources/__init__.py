@@ -21,14 +21,27 @@ One module per kind of cache (models, traces, training, history); import from th
   training_example(loaded, ids)             per checkpoint and prompt
   train_estimate(cfg), train_data_default(), metrics_tail(run), run_sample(ckpt, iter)   (Train page)
   score_history(run), head_pattern(ref, ids, layer, head)   the analysis job's results (Timeline)
+  lens_state(loaded), lens_status/start_lens/stop_lens(checkpoint)   the tuned lens and its fit (Layers)
+  sae_choices(loaded), sae(folder, loaded), feature_index(folder), prompt_latents(...), feature_logits(...),
+  sae_status / start_sae / stop_sae / sae_metrics   the Features page: SAEs and their training job
+  model_choice(), allow_cpu_half()          the session's (device, dtype) and whether bf16 is offered on the CPU
   clear_caches()                            (tests)
 """
 from __future__ import annotations
 
 from app.inspection import Loaded
-from app.resources import history, models, traces, training
+from app.resources import features, history, models, traces, training
+from app.resources.features import (feature_index, feature_logits, prompt_latents, run_dir_of, sae,
+                                    sae_choices, sae_metrics, sae_status, start_sae, stop_sae)
+from app.resources import steering
+from app.resources import attention
+from app.resources import lens
+from app.resources.lens import (LensState, fit_corpora, lens_state, lens_status, lens_view, start_lens,
+                                stop_lens)
+from app.resources.attention import attention_grid, attention_trace
 from app.resources.history import (analysis_status, head_pattern, score_history, start_analysis,
                                    stop_analysis)
+from app.resources.models import allow_cpu_half, model_choice  # the session's device and dtype (Model page)
 from app.resources.models import (APP_DIR, MODEL_ERROR, NO_MODEL, current_model, load_model,
                                   require_model, show_no_model)
 from app.resources.traces import (ANALYSIS_ENTRIES, TRACE_ENTRIES, attribution_flow, compare_scores,
@@ -40,7 +53,10 @@ from app.resources.training import (close_step_timer, metrics_tail, run_sample, 
 from app.tracecache import TraceCache, checkpoint_stamp, record_forward
 from app.views.prompt import PromptIds
 
-_PARTS = (models, traces, training, history)
+_PARTS = (models, traces, training, history, features)
+_PARTS += (steering,)  # the Generate page's steering vectors and sweeps (app.resources.steering)
+_PARTS += (attention,)  # the Attention page's lazy per-layer attention and grid (app.resources.attention)
+_PARTS += (lens,)  # the Layers page's tuned lens and its fit job (app.resources.lens)
 
 
 def clear_caches() -> None:

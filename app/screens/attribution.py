@@ -72,7 +72,7 @@ def dla_tab(insp: Inspection, pos: int, tok: int, other: int | None) -> None:
     left, right = st.columns([3, 2])
     left.plotly_chart(view.bars, key="attr_bars", width="stretch")
     key = f"{GRID}_{L}x{H}_{insp.layer}_{insp.head}"  # a fresh selection whenever the open head changes
-    right.plotly_chart(view.heads, key=key, width="content", selection_mode="points", config={"displayModeBar": False},
+    right.plotly_chart(view.heads, key=key, width="content", selection_mode="points", config=components.png_only("attribution-heads"),
                        on_select=functools.partial(components.open_head, va.grid_pick, key, L, H))
     right.caption(f"Top head: **L{view.top_head[0]}H{view.top_head[1]}** (the largest |term|; red raises the "
                   "logit, blue lowers it). Click a head, or choose it here:")
@@ -118,3 +118,4 @@ with dla:
     dla_tab(insp, pos, tok, other)
 with graph:
     flow_tab(insp, pos)
+components.export_bar("attribution", insp, pos=pos, token=tok, other=other)

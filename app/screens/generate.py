@@ -1,5 +1,6 @@
 """Generate page: sample step by step with a KV cache, see the distribution each token was drawn
-from and where the model looked, step back, or force another token.
+from and where the model looked, step back, or force another token. The "Steer" toggle swaps in the
+steering panel (app/steering_panel.py): default and steered columns stepping together.
 
 Widgets and layout only. The sequence and its Generator live in an app.generation.GenerationSession
 (st.session_state["gen_live"], mirrored as a dict in ["gen"]); the buttons call it in callbacks,
@@ -13,7 +14,7 @@ from typing import Callable
 
 import streamlit as st
 
-from app import components, resources, state
+from app import components, resources, state, steering_panel
 from app.generation import KEEP_ATTENTION, GenerationSession, GenState, Settings
 from app.views import generate as vg
 from app.views.tokens import md_label
@@ -62,7 +63,11 @@ st.title("Generate")
 loaded = resources.require_model()
 components.interventions.banner()  # the edit Generate steps under (ss["edit"] below)
 p = components.prompt_box(loaded, NAMES)
-gs = session.sync(loaded, p.ids, settings_box(loaded.config.vocab_size), ss.get(state.EDIT))
+settings = settings_box(loaded.config.vocab_size)
+if st.toggle("Steer: a default and a steered column, side by side", key="gen_steer"):
+    steering_panel.show(loaded, p.ids, settings, ss.get(state.EDIT))  # app/steering_panel.py
+    st.stop()
+gs = session.sync(loaded, p.ids, settings, ss.get(state.EDIT))
 
 with st.container(horizontal=True):
     st.button("Step", key="gen_step", on_click=session.step, args=(1,), type="primary")

@@ -1,18 +1,17 @@
-"""Model page: the card of the model being inspected, and the ways to choose another one
-(the bundled model, a run's latest / best / snapshot, a path, an upload).
-
-Choosing happens in button callbacks, which run before the script, so the card below always shows
-the model that is chosen now. A model that fails to load never replaces the current one: the
-error is shown (st.error with the CheckpointError message) and everything keeps working. The open
-tab ("_pick_tab") survives every rerun and shows what the choice did; Enter in the path box loads.
+"""Model page: the card of the model being inspected, its device and dtype (app.model_options), and
+the ways to choose another (bundled, a run's latest / best / snapshot, a path, an upload). Choosing
+happens in callbacks, before the script, so the card shows the model chosen now; one that fails to
+load never replaces it (st.error says why; a ckpt.pt without meta.pkl is offered a tokenizer). The
+open tab ("_pick_tab") survives every rerun and shows what the choice did; Enter in the path box loads.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from app import catalog, components, resources, state, uploads
+from app import catalog, components, model_options, resources, state, uploads
 from app.views import model_card as vm
 from gpt.checkpoint import CheckpointError
+from gpt.imports import MissingTokenizerError
 
 ERROR, NOTICE, PICK = "_model_page_error", "_model_page_notice", "_pick"
 TAB_KEY, TABS = "_pick_tab", ["Bundled model and runs", "Path", "Upload"]
@@ -26,10 +25,14 @@ def use(ref: str, what: str, upload: bool = False) -> bool:
     try:
         loaded = resources.load_model(ref)
     except CheckpointError as e:
+        if isinstance(e, MissingTokenizerError) and not upload:  # (a failed upload is discarded)
+            model_options.ask_tokenizer(ref, what, e)  # the Path tab asks which tokenizer to use
+            return False
         ss[ERROR] = f"Could not load {what}: {uploads.explain(ref, e) if upload else e}"
         return False
     ss[state.MODEL_REF] = str(ref)
     ss.pop(resources.MODEL_ERROR, None)
+    ss.pop(model_options.PENDING, None)
     ss[NOTICE] = f"Now inspecting {loaded.label}."
     return True
 
@@ -81,6 +84,7 @@ def from_path() -> None:
     with st.form("_pick_path_form", border=False):  # a form: Enter in the box loads, as the button does
         st.text_input("Path on this machine", key="_pick_path", placeholder=vm.PATH_PLACEHOLDER, help=vm.PATH_HELP)
         st.form_submit_button("Load this path", key="_pick_path_go", on_click=on_path)
+    model_options.tokenizer_choice(use)  # only while a ckpt.pt without meta.pkl waits for one
 
 
 def from_upload() -> None:
@@ -106,6 +110,7 @@ if loaded is None:
     resources.show_no_model()
 else:
     card(loaded)
+model_options.device_panel(loaded)
 
 st.subheader("Choose what to inspect")
 # Plain st.tabs jump back to the first tab whenever the elements above them change; keyed tabs that

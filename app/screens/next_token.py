@@ -53,4 +53,5 @@ if insp.edit:  # original beside edited, and what the edit costs at each positio
     st.caption("Above 0 (red): the edit made the actual next token less expected; below 0 (green): more.")
 else:
     st.plotly_chart(view.distribution, width="stretch", key="nt_dist_fig")
+components.export_bar("next_token", insp, pos=pos, temperature=temperature)
 st.caption(f"computed in {ms:.0f} ms (trace + figures; the trace is cached per prompt)")

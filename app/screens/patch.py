@@ -75,6 +75,8 @@ def result(loaded, source, clean, corrupt, site: str, answers, texts, metric: st
                           catalog.describe(source.ref) if source is not None else None))
     fig = vp.heatmap_figure(norm, res.values, res.dims, cols, vp.metric_label(metric, texts))
     ev = st.plotly_chart(fig, key="pt_map", width="stretch", on_select="rerun", selection_mode="points")
+    components.export_bar("patch", loaded=loaded, result=res, clean=clean, corrupt=corrupt, site=site, metric=metric,
+                          answers=answers, direction=direction, source=source)
     if (cell := vp.cell_pick(ev, tuple(res.values.shape))) is None:
         return
     patched = resources.patch_cell_logits(loaded, source, clean, corrupt, site, cell, direction)

@@ -34,7 +34,7 @@ def pipeline(insp: Inspection, stage: str) -> None:
     t0, cfg, T = time.perf_counter(), insp.config, insp.T
     key = f"{DIAGRAM_KEY}_{stage}_{insp.layer}"  # a fresh key per selection: a click on any box is new
     st.plotly_chart(vw.diagram_figure(cfg, T, stage, insp.layer), key=key, selection_mode="points",
-                    on_select=lambda: on_diagram_click(key, cfg.n_layer), config={"displayModeBar": False})
+                    on_select=lambda: on_diagram_click(key, cfg.n_layer), config=components.png_only("pipeline"))
     c1, c2, c3 = st.columns([2, 1, 1])
     c1.selectbox("Stage", vs.STAGE_KEYS, format_func=lambda k: vs.STAGES[k].label, key=STAGE_KEY,
                  help="Or click a box in the diagram.")

@@ -1,7 +1,8 @@
 """The sidebar edit as plain data, and the gpt.edit.Edits it means (pure: no st.*, no caches).
 
 A spec is a dict {"how": "zero" | "mean", "heads": ((layer, head), ...), "mlp": (layer, ...),
-"neurons": (layer, (index, ...))}, kept in session_state so it survives reruns and model changes;
+"neurons": (layer, (index, ...))}, plus "sae": (SAE folder, feature, "ablate" | "steer", alpha)
+while an SAE feature is used, kept in session_state so it survives reruns and model changes;
 the Edits is rebuilt from it on every run (see app.interventions).
 """
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from gpt.edit import Edits
+
+FEATURE_MODES = ("ablate", "steer")
 
 EMPTY: dict[str, Any] = {"how": "zero", "heads": (), "mlp": (), "neurons": (0, ())}
 
@@ -39,9 +42,20 @@ def clamp(spec: dict[str, Any], n_layer: int, n_head: int, d_mlp: int) -> dict[s
             "neurons": keep_neurons}
 
 
-def build(spec: dict[str, Any] | None, ref: Sequence[int] | None = None) -> Edits | None:
+def feature_edit(sae: Any, feature: int, mode: str, alpha: float) -> Edits:
+    """An SAE feature's edit: "ablate" subtracts its decoder contribution where it fires, "steer"
+    adds alpha × its decoder direction at every position (gpt.sae)."""
+    from gpt.sae import ablate_feature_edit, steer_feature_edit
+
+    if mode not in FEATURE_MODES:
+        raise ValueError(f"an SAE feature is used to {' or '.join(FEATURE_MODES)}, not {mode!r}")
+    return ablate_feature_edit(sae, int(feature)) if mode == "ablate" else steer_feature_edit(sae, int(feature), alpha)
+
+
+def build(spec: dict[str, Any] | None, ref: Sequence[int] | None = None, sae: Any = None) -> Edits | None:
     """The Edits of `spec` (None when it ablates nothing). For how="mean", `ref` (the prompt's ids)
-    is the reference batch: a fixed mean that KV-cache generation can use too."""
+    is the reference batch: a fixed mean that KV-cache generation can use too. `sae` is the loaded
+    gpt.sae.SAE that spec["sae"] names (its feature's edit comes last); None leaves that part out."""
     if not spec:
         return None
     how = spec.get("how", "zero")
@@ -57,6 +71,9 @@ def build(spec: dict[str, Any] | None, ref: Sequence[int] | None = None) -> Edit
     layer, idx = spec.get("neurons", (0, ()))
     if idx:
         e = e.ablate_neurons(int(layer), list(idx), how, r)
+    if spec.get("sae") and sae is not None:
+        _folder, f, mode, alpha = spec["sae"]
+        e = e + feature_edit(sae, int(f), mode, float(alpha))
     return e if e else None
 
 

@@ -205,7 +205,7 @@ class LayersView:
     """Everything the Layers page draws."""
 
     norm: go.Figure
-    lens: go.Figure
+    lens: go.Figure | None  # None when built with_lens=False (the page draws both lenses via app.views.lens)
     embeddings: go.Figure
     positions: go.Figure
 
@@ -213,19 +213,22 @@ class LayersView:
 ModelViews = tuple[torch.Tensor, torch.Tensor, go.Figure]  # PCA coords (V, 2), explained ratio (2,), figure
 
 
-def build(insp: "Inspection", norm_key: str, lens_positions: Sequence[int], per_model: ModelViews) -> LayersView:
+def build(insp: "Inspection", norm_key: str, lens_positions: Sequence[int], per_model: ModelViews,
+          with_lens: bool = True) -> LayersView:
     """All of the page's figures from an Inspection recording NAMES (which covers the logit lens),
     and `per_model`, model_views() of its model (app.resources caches it: it does not depend on the
-    prompt). One function, so the page and bench/bench_pages.py time the same work."""
+    prompt). One function, so the page and bench/bench_pages.py time the same work. with_lens=False
+    leaves the logit-lens table out (the page builds it beside the tuned lens, app.views.lens)."""
     model, ids, labels = insp.model, insp.ids, insp.labels
     norms = residual_norms(insp.rec, model.config.n_layer)
-    lens = logit_lens(model, insp.rec, k=5, positions=list(lens_positions), ids=ids)
+    lens = logit_lens(model, insp.rec, k=5, positions=list(lens_positions), ids=ids) if with_lens else None
     coords, ratio, positions = per_model
     shown = embedding_ids(model.config.vocab_size, ids)
     return LayersView(
         norm=norm_figure(norms, norm_key, labels),
-        lens=logit_lens_figure(lens.top_ids, lens.top_probs, lens.layers, [labels[p] for p in lens.positions],
-                               insp.token_str, lens.target_probs, lens_targets(ids, lens.positions)),
+        lens=None if lens is None else logit_lens_figure(
+            lens.top_ids, lens.top_probs, lens.layers, [labels[p] for p in lens.positions], insp.token_str,
+            lens.target_probs, lens_targets(ids, lens.positions)),
         embeddings=embedding_figure(coords, ratio, shown, insp.token_str, highlight=ids),
         positions=positions,
     )

@@ -109,3 +109,25 @@ def upload_note(limit_mb: int, folder: Path | str, keep: int) -> str:
     """The caption under the uploader: the size limit, where uploads are kept, and that none runs."""
     return (f"Each file may be at most {limit_mb} MB; load a bigger checkpoint by its path. Uploads are "
             f"kept under `{folder}` (the newest {keep}). Nothing in a file is run as code.")
+
+
+# -- the Model page's device and dtype ---------------------------------------------------------------
+DEVICE_HELP = ("Where the model runs: cuda (the GPU) wherever there is one, else cpu. Recordings come back "
+               "to the CPU in fp32 either way, so every page shows the same kind of numbers.")
+DTYPE_HELP = ("The weights' precision. fp32 is exact; bf16 and fp16 (GPU only) halve the weights' memory "
+              "and agree with fp32 to about 2-3 significant digits.")
+
+
+def device_line(described: str, needs: str, free: str) -> str:
+    """The line under the card: "**device: cuda (NVIDIA H200), bf16** · needs weights ...; 120.00 GiB free"."""
+    return f"**{described}** · needs {needs}; {free} free there"
+
+
+def estimate_line(needs: str) -> str:
+    """The estimate for the picked device and dtype, before anything is loaded with them."""
+    return f"With this choice the model needs {needs}."
+
+
+def cpu_only_fp32(why: str) -> str:
+    """Why the CPU offers fp32 alone (gpt.devices.CPU_ONLY_FP32, a clause)."""
+    return why[0].upper() + why[1:] + "."

@@ -27,7 +27,8 @@ FIELD_NAMES = tuple(name for name, _label, _kind in FIELDS)
 DATA_SOURCES = {"shakespeare": "Tiny Shakespeare", "python-docs": "Python docs (offline, always there)",
                 "shakespeare-repeats": "Tiny Shakespeare with repeats (grows an induction head)",
                 "upload": "Upload a .txt"}
-PRESET_HELP = "tiny: seconds; cpu-small: nanoGPT's laptop settings; baby: nanoGPT's shakespeare_char"
+PRESET_HELP = ("tiny: seconds; cpu-small: nanoGPT's laptop settings; baby: nanoGPT's shakespeare_char; "
+               "gpt2: nanoGPT's GPT-2 124M (GPU work; use the gpt2 tokenizer)")
 TOKENIZER_HELP = "char: one token per character (small vocabulary); gpt2: GPT-2's BPE (50257 tokens)"
 UPLOAD_FIRST = "Upload a .txt file to train on (or pick a built-in corpus)."
 MAX_POINTS = 1500

@@ -145,7 +145,7 @@ def stage_values(stage: str, layer: int, rec: Recorder, model: torch.nn.Module) 
         v = got(len(names) - 1)
         if stage in ("ln1", "ln2", "ln_f"):
             ln = model.transformer.ln_f if stage == "ln_f" else getattr(model.transformer.h[layer], "ln_" + stage[2])
-            v = v * ln.weight.detach().float() + (0 if ln.bias is None else ln.bias.detach().float())
+            v = v * ln.weight.detach().float().cpu() + (0 if ln.bias is None else ln.bias.detach().float().cpu())
         elif stage == "attn":
             head_norms = got(5).norm(dim=-1)  # hook_z (T, H, hs) -> (T, H)
         elif stage == "mlp":

@@ -95,7 +95,7 @@ def test_prompt_labels_heatmap_and_grid_click_opens_head(page, live_app: str) ->
 def test_layers_page_renders(page, live_app: str) -> None:
     open_app(page, live_app + "/layers")
     assert_no_exception(page)
-    expect(page.locator("[data-testid='stPlotlyChart']")).to_have_count(4)  # norms, lens, PCA, positions
+    expect(page.locator("[data-testid='stPlotlyChart']")).to_have_count(5)  # norms, lens measures, PCA, positions; the lens tables
     expect(page.locator("[data-testid='stPlotlyChart'] .heatmaplayer").first).to_be_attached()
     page.get_by_text("MLP output").click()
     wait_for_app(page)
