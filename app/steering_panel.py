@@ -16,6 +16,7 @@ import streamlit as st
 from app import components
 from app.generation import GenState, Settings
 from app.resources import steering as rs
+from app.resources.features import sae_choices
 from app.steering_pair import SteeringPair
 from app.views import generate as vg
 from app.views import steering as vsteer
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 TOP_K = 8
 SOURCES = {"contrast": "Contrast of two prompt sets", "token": "A token's direction",
-           "head": "A head's output", "saved": "A saved vector"}
+           "head": "A head's output", "sae": "An SAE feature", "saved": "A saved vector"}
 
 
 def vector_box(loaded: "Loaded", ids: Sequence[int]) -> SteeringVector | None:
@@ -55,6 +56,14 @@ def vector_box(loaded: "Loaded", ids: Sequence[int]) -> SteeringVector | None:
         pos = c[2].selectbox("Position", list(range(len(ids))), index=len(ids) - 1, format_func=labels.__getitem__,
                              key=f"steer_head_pos_{len(ids)}")
         spec = ("head", tuple(ids), layer, head, pos)
+    elif source == "sae":
+        choices = sae_choices(loaded)
+        if not choices:
+            st.info("No SAE for this model yet: train one on the Features page.")
+            return None
+        c = st.columns([3, 1])
+        folder = choices[c[0].selectbox("SAE", list(choices), key="steer_sae")]
+        spec = ("sae", folder, int(c[1].number_input("Feature", 0, None, 0, key="steer_sae_feature")))
     else:
         names = rs.saved_vectors(loaded)
         if not names:

@@ -200,3 +200,27 @@ def test_views_parse_with_messages_and_draw_valid_figures() -> None:
     assert vs.sweep_figure(rows, "'a'").data[0].y == (1e-9, 0.5)
     frame = vs.sweep_frame(rows, tok.decode)
     assert list(frame["first 40 tokens (greedy)"]) == ["a⏎b"] * 2 and list(frame["p(token)"]) == [1e-9, 0.5]
+
+
+def test_an_sae_feature_is_a_source(root: Path) -> None:
+    """An SAE feature's decoder direction as the steering vector: the bundled model's shipped SAE
+    gives exactly W_dec[f] at its own hook; a feature out of range gets a message; a model with no
+    SAE (the tiny run) says where to train one."""
+    from app import resources
+    from app.resources import steering as rs
+    from gpt.sae import load_sae
+
+    loaded = resources.load_model(str(Path(MAIN).parents[1] / "checkpoints" / "shakespeare-char"))
+    choices = resources.sae_choices(loaded)
+    assert choices, "the bundled model ships an SAE"
+    folder = next(iter(choices.values()))
+    sae = load_sae(folder)
+    sv = rs.make_vector(loaded, ("sae", folder, 5))
+    assert torch.equal(sv.vector, sae.W_dec[5].detach().float())
+    assert (sv.layer, sv.site) == (sae.layer, sae.hook.split(".hook_", 1)[1])
+    assert "SAE feature 5" in sv.source
+    with pytest.raises(ValueError):
+        rs.make_vector(loaded, ("sae", folder, sae.cfg.n_latents))
+    at = steer_page()
+    at.radio(key="steer_source").set_value("sae").run()
+    assert not at.exception and "No SAE for this model yet" in texts(at)

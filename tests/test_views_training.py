@@ -237,3 +237,16 @@ def test_views_take_whatever_a_run_folder_held() -> None:
     assert tv.run_rows([bad])[0]["state"] == "unreadable: status.json holds a list, not a JSON object"
     assert tv.status_note(bad) == ("error", bad["message"])
     assert tv.status_note({"state": "failed", "message": ["not", "text"]}) is None
+
+
+def test_the_tokenizer_is_kept_per_preset_and_starts_at_the_presets() -> None:
+    """gpt2 starts on GPT-2's BPE, the others on characters, until the user picks another for that preset."""
+    from trainers.config import PRESETS
+
+    for preset, want in (("gpt2", "gpt2"), ("tiny", "char")):
+        assert PRESETS[preset].tokenizer == want
+        assert tv.form_values({}, "_p_", preset, {}, PRESETS[preset].tokenizer)["tokenizer"] == want
+    store = {"_p_tokenizer_tiny": "gpt2"}
+    assert tv.form_values(store, "_p_", "tiny", {}, "char")["tokenizer"] == "gpt2"
+    assert tv.form_values(store, "_p_", "gpt2", {}, "gpt2")["tokenizer"] == "gpt2"
+    assert tv.form_values({"_p_tokenizer_gpt2": "char"}, "_p_", "gpt2", {}, "gpt2")["tokenizer"] == "char"

@@ -48,6 +48,7 @@ def make_vector(loaded: Loaded, spec: tuple) -> steering.SteeringVector:
     ("contrast", first text, second text, layer, policy)  prompts one per line;
     ("token", text)                                        exactly one token of this model;
     ("head", ids, layer, head, pos)                        the prompt's ids;
+    ("sae", folder, feature)                               an SAE feature's decoder direction;
     ("saved", name)                                        from vector_home(loaded).
     Cached by (checkpoint, spec; a saved file's mtime). ValueError saying what to do."""
     kind = spec[0]
@@ -63,6 +64,15 @@ def make_vector(loaded: Loaded, spec: tuple) -> steering.SteeringVector:
         _, ids, layer, head, pos = spec
         label = f"position {pos} ({tok.token_str(int(ids[pos]))!r})" if 0 <= pos < len(ids) else None
         make = lambda: steering.head_output(model, list(ids), int(layer), int(head), int(pos), label)  # noqa: E731
+    elif kind == "sae":
+        from app.resources.features import sae as load_sae
+        from gpt.sae import feature_direction
+
+        _, folder, feature = spec
+        s = load_sae(folder, loaded)  # SAEError (a ValueError) when it does not fit this model
+        make = lambda: steering.from_vector(  # noqa: E731
+            model, feature_direction(s, int(feature)), s.layer, s.hook.split(".hook_", 1)[1],
+            f"SAE feature {int(feature)} of {s.hook} (its decoder direction, unit norm)")
     elif kind == "saved":
         home = vector_home(loaded)[0]
         f = steering_store.vector_dir(home) / f"{steering_store.check_name(spec[1])}.safetensors"

@@ -20,7 +20,8 @@ ss = st.session_state
 def form_config() -> TrainConfig:
     """The form as a TrainConfig, not yet checked; ValueError while the chosen upload is missing."""
     preset = ss.get(K + "preset", "tiny")
-    return TrainConfig.from_preset(preset, **tv.form_values(ss, K, preset, preset_values(preset, tv.FIELD_NAMES)))
+    return TrainConfig.from_preset(preset, **tv.form_values(ss, K, preset, preset_values(preset, tv.FIELD_NAMES),
+                                                          runs.PRESETS[preset].tokenizer))
 
 
 def on_start() -> None:
@@ -66,7 +67,9 @@ def new_run_form() -> None:
     preset = c1.selectbox("Preset", list(runs.PRESETS), key=K + "preset", help=tv.PRESET_HELP)
     c2.selectbox("Data", list(tv.DATA_SOURCES), format_func=tv.DATA_SOURCES.get, key=K + "data",
                  index=list(tv.DATA_SOURCES).index(resources.train_data_default()))  # the bundled model's
-    c3.selectbox("Tokenizer", ["char", "gpt2"], key=K + "tokenizer", help=tv.TOKENIZER_HELP)
+    toks = ["char", "gpt2"]  # keyed by preset: gpt2 starts on GPT-2's BPE, the others on characters
+    c3.selectbox("Tokenizer", toks, index=toks.index(runs.PRESETS[preset].tokenizer), key=f"{K}tokenizer_{preset}",
+                 help=tv.TOKENIZER_HELP)
     if ss.get(K + "data") == "upload":
         st.file_uploader("Training text (.txt, UTF-8)", type=["txt"], key=K + "upload")
     cols, defaults = st.columns(3), preset_values(preset, tv.FIELD_NAMES)

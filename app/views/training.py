@@ -28,7 +28,7 @@ DATA_SOURCES = {"shakespeare": "Tiny Shakespeare", "python-docs": "Python docs (
                 "shakespeare-repeats": "Tiny Shakespeare with repeats (grows an induction head)",
                 "upload": "Upload a .txt"}
 PRESET_HELP = ("tiny: seconds; cpu-small: nanoGPT's laptop settings; baby: nanoGPT's shakespeare_char; "
-               "gpt2: nanoGPT's GPT-2 124M (GPU work; use the gpt2 tokenizer)")
+               "gpt2: nanoGPT's GPT-2 124M (GPU work; GPT-2's BPE tokenizer)")
 TOKENIZER_HELP = "char: one token per character (small vocabulary); gpt2: GPT-2's BPE (50257 tokens)"
 UPLOAD_FIRST = "Upload a .txt file to train on (or pick a built-in corpus)."
 MAX_POINTS = 1500
@@ -44,16 +44,17 @@ def number_args(name: str, kind: type, default: float) -> dict[str, Any]:
                 step=1e-4 if lr else 0.05)
 
 
-def form_values(store: Mapping[str, Any], prefix: str, preset: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+def form_values(store: Mapping[str, Any], prefix: str, preset: str, defaults: Mapping[str, Any],
+                tokenizer: str = "char") -> dict[str, Any]:
     """TrainConfig.from_preset's keyword arguments (all but the preset) from the form's widget values
-    in `store`, under `prefix` + "data", "tokenizer", "name" and "<field>_<preset>" (the fields are
-    keyed by preset); `defaults` (the preset's values of FIELD_NAMES) fill in what the form does not
-    hold yet. ValueError (UPLOAD_FIRST) while "upload" is chosen and no file is."""
+    in `store`, under `prefix` + "data", "name", "tokenizer_<preset>" and "<field>_<preset>" (the
+    fields and the tokenizer are keyed by preset); `defaults` (the preset's values of FIELD_NAMES)
+    and `tokenizer` (the preset's) fill in what the form does not hold yet. ValueError (UPLOAD_FIRST) while "upload" is chosen and no file is."""
     data = store.get(prefix + "data", "python-docs")
     if data == "upload" and store.get(prefix + "upload") is None:
         raise ValueError(UPLOAD_FIRST)
     values = {f: store.get(f"{prefix}{f}_{preset}", v) for f, v in defaults.items()}
-    return dict(data=data, tokenizer=store.get(prefix + "tokenizer", "char"),
+    return dict(data=data, tokenizer=store.get(f"{prefix}tokenizer_{preset}", tokenizer),
                 name=(store.get(prefix + "name") or "").strip() or None, **values)
 
 
