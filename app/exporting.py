@@ -12,6 +12,7 @@ long, one row per cell.
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import re
 from dataclasses import dataclass
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
     from gpt.patching import PatchResult
 
 PAGES = ("attention", "layers", "next_token", "attribution", "patch")  # pages with tables here
+# pages whose tables and notebook live in a module of their own: page -> module, imported on first use.
+# Each such module has page_tables(page, insp, settings) -> list[Table] and
+# page_notebook(page, insp, settings, loaded) -> bytes, with the contracts of the functions here.
+ELSEWHERE = {"generate": "app.export_generation", "compare": "app.export_generation",
+             "walkthrough": "app.export_generation", "timeline": "app.export_history",
+             "features": "app.export_history"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -209,6 +216,8 @@ def page_tables(page: str, insp: "Inspection | None", settings: Mapping[str, Any
     app.notebooks takes them): attention {query}, next_token {pos, temperature}, attribution {pos,
     token, other}, patch {result, and labels + n_head or loaded + clean}."""
     s = settings
+    if page in ELSEWHERE:
+        return importlib.import_module(ELSEWHERE[page]).page_tables(page, insp, settings)
     if page == "attention":
         return attention_tables(insp, int(s["query"]))
     if page == "layers":
@@ -221,4 +230,4 @@ def page_tables(page: str, insp: "Inspection | None", settings: Mapping[str, Any
         loaded = s.get("loaded")
         labels = s.get("labels") or _labels(loaded, s["clean"])
         return patch_tables(s["result"], labels, int(s.get("n_head") or loaded.config.n_head))
-    raise ValueError(f"no tables for page {page!r}; pages with tables: {', '.join(PAGES)}")
+    raise ValueError(f"no tables for page {page!r}; pages with tables: {', '.join(PAGES + tuple(ELSEWHERE))}")

@@ -11,6 +11,7 @@ and draws a plotly figure, shown only where a notebook display exists. Pure: no 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -131,12 +132,15 @@ def _params(values: Mapping[str, Any]) -> str:
     return "\n".join(f"{k} = {_literal(v)}" for k, v in values.items())
 
 
-def notebook(page: str, params: Mapping[str, Any], title: str) -> str:
+def notebook(page: str, params: Mapping[str, Any], title: str,
+             body: tuple[str, str, str] | None = None) -> str:
     """The .ipynb text for `page` (one of PAGES) with these parameter literals (CHECKPOINT, PROMPT,
-    IDS, LAYER, HEAD, EDIT_SPEC and the page's own, upper-case)."""
-    if page not in _PAGES:
+    IDS, LAYER, HEAD, EDIT_SPEC and the page's own, upper-case). `body` = (what it shows, compute
+    cell, figure expression) for a page whose template lives elsewhere (app.exporting.ELSEWHERE);
+    the compute cell must leave the exported arrays in `arrays`."""
+    if body is None and page not in _PAGES:
         raise ValueError(f"no notebook for page {page!r}; pages with notebooks: {', '.join(PAGES)}")
-    what, compute, figure = _PAGES[page]
+    what, compute, figure = body or _PAGES[page]
     nb = new_notebook(cells=[
         new_markdown_cell(f"# nanolens: {title}\n\nRecomputes {what} with the `gpt/` API, from the same "
                           "checkpoint, prompt and settings as the app's view. Run the cells in order."),
@@ -187,6 +191,10 @@ def page_notebook(page: str, insp: "Inspection | None", settings: Mapping[str, A
     page_tables takes (patch: {clean, corrupt, site, metric, answers, direction, source (a Loaded, a
     ref or None)}, no Inspection)."""
     s = dict(settings)
+    from app.exporting import ELSEWHERE
+
+    if page in ELSEWHERE:
+        return importlib.import_module(ELSEWHERE[page]).page_notebook(page, insp, settings, loaded)
     if page == "patch":
         assert loaded is not None, "the patch notebook needs the loaded model"
         s["source"] = getattr(s.get("source"), "ref", s.get("source"))  # the source model's Loaded, or its ref, or None
