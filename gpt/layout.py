@@ -4,7 +4,8 @@ builds on it and re-exports its public names, so callers import them from gpt.ch
 
 A run folder (written by trainers/, read by app/): <root>/<run>/ with config.json (the run config),
 metrics.jsonl, status.json, latest/ (native + optimizer.pt), best/, snapshots/iter_0000000/...,
-analysis/ (head scores per snapshot). This module is the one place that names those folders
+analysis/ (head scores per snapshot), lens/ (a fitted tuned lens), sae/<hook>/ (sparse autoencoders).
+This module is the one place that names those folders
 (latest_dir, best_dir, snapshot_dir, analysis_dir, list_snapshots, run_of, resolve_checkpoint).
 
 A save is two renames; a process killed between them leaves complete hidden copies
@@ -78,6 +79,7 @@ def _is_ours(folder: Path) -> bool:
 
 # -- the run-folder layout: the one place that names a run's checkpoint folders ----------------------
 LATEST, BEST, SNAPSHOTS, ANALYSIS = "latest", "best", "snapshots", "analysis"
+LENS, SAE = "lens", "sae"  # a run's tuned lens (gpt.tuned_lens) and its SAEs, one folder per hook (gpt.sae_index)
 
 
 def latest_dir(run_dir: str | os.PathLike) -> Path:

@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
+from gpt.layout import SAE as SAE_FOLDER
 from gpt.record import Recorder
 from gpt.sae import SAE
 
-FOLDER = "sae"
+FOLDER = SAE_FOLDER  # a run's SAEs live in <run>/sae/<hook>/ (gpt.layout names it)
 INDEX, INDEX_META = "index.safetensors", "index.json"
 TOP, BINS, CTX_BEFORE, CTX_AFTER = 8, 24, 24, 8
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")

@@ -38,10 +38,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from gpt.analysis import LogitLens, lens_logits
+from gpt.layout import LENS
 from gpt.record import Recorder
 
 FORMAT, VERSION, FORM = "nanolens-tuned-lens", 1, "residual: h + A h + b (A, b zero at init)"
-LENS_DIR, WEIGHTS_FILE, META_FILE = "lens", "tuned_lens.safetensors", "tuned_lens.json"
+WEIGHTS_FILE, META_FILE = "tuned_lens.safetensors", "tuned_lens.json"
+LENS_DIR = LENS  # the folder name, from gpt.layout
 NEEDS = ["blocks.0.hook_resid_pre", "blocks.*.hook_resid_post"]  # what residual_rows reads
 
 
