@@ -16,6 +16,7 @@ say(msg)                  a (level, text) message shown as st.info / success / w
 kept_select(label, ...)   a select box whose kept value falls back to the first option once it is gone
 load_or_stop(ref, what)   the model at ref, or an error saying why not and a stop (or_stop: any loader)
 export_bar(page, insp, ...)  the data behind a page's view (NPZ, CSV) and "Open as notebook" downloads
+png_button(chart, name)   "Figure (PNG)" beside an Altair chart (Streamlit hides Vega's own menu), drawn on click
 copy_link(where, page, pages) the URL of the view (app.deeplink) kept in the address bar, and shown to copy
 """
 from __future__ import annotations
@@ -250,6 +251,18 @@ def png_only(name: str) -> dict[str, Any]:
     whose other modebar buttons would get in the way), saving nanolens-<name>.png at twice the size."""
     return {"displaylogo": False, "modeBarButtons": [["toImage"]],
             "toImageButtonOptions": {"format": "png", "filename": f"nanolens-{name}", "scale": 2}}
+
+
+def png_button(chart: Any, name: str, where: Any = st, key: str | None = None) -> None:
+    """A "Figure (PNG)" download of an Altair chart (or a Vega-Lite spec dict) the page shows, since
+    Streamlit turns Vega-Embed's own export menu off. The PNG is drawn (app.figure_png, server-side,
+    offline) only when the button is clicked, so a large chart costs nothing on page load; the
+    chart's selections are untouched (it draws a copy of the spec). Saves nanolens-<name>.png."""
+    from app import figure_png
+
+    where.download_button("Figure (PNG)", lambda: figure_png.to_png(chart), f"nanolens-{name}.png", "image/png",
+                          key=key or f"_png_{name}", on_click="ignore", icon=":material/image:",
+                          help="This chart as a PNG image, drawn on the server when you click.")
 
 
 def export_bar(page: str, insp: Inspection | None = None, loaded: "resources.Loaded | None" = None,

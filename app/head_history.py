@@ -33,9 +33,11 @@ ASCORE_KEY, CURVES_KEY, EX_ITER_KEY, EX_KEY = "_tl_ascore", "_tl_curves", "_tl_e
 ss = st.session_state
 
 
-def section(final: Inspection, paths: dict[int, str], run: str) -> None:
+def section(final: Inspection, paths: dict[int, str], run: str) -> dict[str, Any]:
     """The section for the run folder `run` (snapshots `paths`: iter -> checkpoint; `final`: the
-    last snapshot's Inspection, which holds the open layer and head)."""
+    last snapshot's Inspection, which holds the open layer and head). Returns what it showed, as
+    the Timeline's export takes it (app.export_history): {"score", and "history" (the analysis'
+    ScoreHistory) or "snapshot_scores" ([(iter, HeadScores)])}."""
     st.subheader("Heads across training")
     try:
         history = resources.score_history(run)
@@ -46,12 +48,10 @@ def section(final: Inspection, paths: dict[int, str], run: str) -> None:
     if history is not None and any(v.shape[1:] != (cfg.n_layer, cfg.n_head) for v in history.scores.values()):
         st.warning("The run's analysis is of another model shape; showing head scores per snapshot instead.")
         history = None
-    if history is None:
-        per_snapshot(final, paths)
-    else:
-        from_analysis(final, history, paths, run)
+    shown = per_snapshot(final, paths) if history is None else from_analysis(final, history, paths, run)
     if history is None or len(history.iters) < len(paths):  # none yet, or the job has more to do
         analysis_panel(run, key="_tl_an")
+    return shown
 
 
 def head_select(final: Inspection, where: Any) -> str:
@@ -65,7 +65,7 @@ def head_select(final: Inspection, where: Any) -> str:
     return hid
 
 
-def per_snapshot(final: Inspection, paths: dict[int, str]) -> None:
+def per_snapshot(final: Inspection, paths: dict[int, str]) -> dict[str, Any]:
     """Head scores on the repeated random sequence, computed for each snapshot (no analysis yet)."""
     L, H = final.config.n_layer, final.config.n_head
     c1, c2 = st.columns([3, 1])
@@ -75,16 +75,18 @@ def per_snapshot(final: Inspection, paths: dict[int, str]) -> None:
         scores = components.or_stop(lambda: [(it, resources.snapshot_scores(p)) for it, p in paths.items()],
                                     "A snapshot")
     key = f"{CHART_KEY}_{score}_{hid}"  # a new chart when the head changes: no stale selection
-    st.altair_chart(vt.history_chart(vt.history_frame(scores, score), score, selected=hid), key=key,
-                    width="stretch", on_select=partial(components.open_head, vt.chart_pick, key, L, H),
-                    selection_mode=vt.PICK_PARAM)
+    chart = vt.history_chart(vt.history_frame(scores, score), score, selected=hid)
+    st.altair_chart(chart, key=key, width="stretch", selection_mode=vt.PICK_PARAM,
+                    on_select=partial(components.open_head, vt.chart_pick, key, L, H))
+    components.png_button(chart, f"timeline-{score}", key="_tl_png")
     last = scores[-1][1]
     st.caption(vt.history_caption(score, last, last.induction_len))
     with st.expander("All heads at the last snapshot (click a row to open it)"):
         components.head_table(last, key="_tl_head_table", selected=(final.layer, final.head), sort_by=score)
+    return {"score": score, "snapshot_scores": scores}
 
 
-def from_analysis(final: Inspection, history: "ScoreHistory", paths: dict[int, str], run: str) -> None:
+def from_analysis(final: Inspection, history: "ScoreHistory", paths: dict[int, str], run: str) -> dict[str, Any]:
     """Timeline 2.0: the analysis job's curves with their markers, then the open head's examples."""
     L, H = final.config.n_layer, final.config.n_head
     c1, c2 = st.columns([3, 1])
@@ -96,13 +98,15 @@ def from_analysis(final: Inspection, history: "ScoreHistory", paths: dict[int, s
     marks = vs.markers_for(history.iters, values, score, resources.metrics_tail(run).update().series)
     frame = vs.curves_frame(history.iters, values, selected=hid)
     key = f"{CURVES_KEY}_{score}_{hid}"  # a new chart when the head changes: no stale selection
-    st.altair_chart(vs.curves_chart(frame, score, history.iters, vs.marker_frame(marks.shown, history.iters)),
-                    key=key, width="stretch", on_select=partial(components.open_head, vt.chart_pick, key, L, H),
-                    selection_mode=vt.PICK_PARAM)
+    chart = vs.curves_chart(frame, score, history.iters, vs.marker_frame(marks.shown, history.iters))
+    st.altair_chart(chart, key=key, width="stretch", selection_mode=vt.PICK_PARAM,
+                    on_select=partial(components.open_head, vt.chart_pick, key, L, H))
+    components.png_button(chart, f"timeline-{score}", key="_tl_apng")
     for line in vs.marker_lines(marks):
         st.markdown(line)
     st.caption(vs.curves_caption(score, history.meta, len(history.iters), len(paths)))
     examples(final, history, score, paths, hid)
+    return {"score": score, "history": history}
 
 
 def examples(final: Inspection, history: "ScoreHistory", score: str, paths: dict[int, str], hid: str) -> None:

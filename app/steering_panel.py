@@ -15,6 +15,7 @@ import streamlit as st
 
 from app import components
 from app.generation import GenState, Settings
+from app.inspection import Inspection
 from app.resources import steering as rs
 from app.resources.features import sae_choices
 from app.steering_pair import SteeringPair
@@ -163,3 +164,6 @@ def show(loaded: "Loaded", ids: Sequence[int], settings: Settings, base: "Edits 
         sweep_box(loaded, ids, sv, layer, site, base)
     with st.expander("Save this vector"):
         save_box(loaded, sv)
+    insp = Inspection.of(loaded, tuple(gd.ids), None, (), edit=base)  # both columns' tables: app.export_generation
+    components.export_bar("generate", insp, loaded=loaded, state=gd, steered=gs, kl=kl, sampling=settings, k=TOP_K,
+                          steer={"vector": sv.vector, "alpha": alpha, "layer": layer, "site": site})

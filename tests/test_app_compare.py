@@ -100,6 +100,7 @@ def test_every_tab_renders_and_its_numbers_are_the_checkpoints(app_root: Path, t
     for tab, title in want_titles.items():
         rerun(at, cmp_tab=tab)
         assert any(t.startswith(title) for t in charts(at)), (tab, list(charts(at)))
+        assert [b.proto.label for b in at.get("download_button")][-3:] == ["Data (NPZ)", "Data (CSV)", "Open as notebook"]  # on every tab
     # Next token: the KL bars are the two checkpoints' KL at each position
     rerun(at, cmp_tab="Next token")
     (_, ids, ra), (_, _, rb) = (run_direct(p, prompt, ["logits"]) for p in (a_ref, b_ref))

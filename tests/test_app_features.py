@@ -109,3 +109,16 @@ def test_views_sort_and_shade() -> None:
     strip = vf.strip_table(torch.tensor([[0.0, 2.0, 1.0], [0.0, 0.0, 0.0]]), ["x", "y"], top=2)
     assert list(strip.iloc[0][["#1", "#2"]]) == ["f 1 (2.00)", "f 2 (1.00)"]
     assert list(strip.iloc[1][["#1", "#2"]]) == ["", ""]
+
+
+def test_export_bar_is_offered_and_computes_nothing_on_load(with_sae: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import export_history
+
+    calls: list[str] = []
+    monkeypatch.setattr(export_history, "page_tables", lambda *a, **k: calls.append("tables"))
+    monkeypatch.setattr(export_history, "page_notebook", lambda *a, **k: calls.append("notebook"))
+    at = start()
+    labels = [b.label for b in at.download_button]
+    assert {"Data (NPZ)", "Data (CSV)", "Open as notebook"} <= set(labels), labels
+    assert "Figure (PNG)" not in labels  # no Altair chart here: the histogram is plotly (its modebar saves PNG)
+    assert calls == []

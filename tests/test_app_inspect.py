@@ -117,6 +117,7 @@ def test_generate_step_back_reset_and_force(root: Path) -> None:
         at.button(key="gen_step").click().run()
     assert not at.exception
     assert "5 new tokens" in texts(at) and "KV cache" in texts(at)
+    assert [b.proto.label for b in at.get("download_button")][-3:] == ["Data (NPZ)", "Data (CSV)", "Open as notebook"]  # the export bar
     gen = at.session_state["gen"]
     assert len(gen["ids"]) == len(gen["prompt"]) + 5
     at.button(key="gen_back").click().run()

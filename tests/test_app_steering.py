@@ -67,6 +67,7 @@ def test_two_columns_step_together_back_and_force(root: Path) -> None:
     assert "3 new tokens in each column" in texts(at)
     kl = charts(at)["KL(steered ‖ default) of the next-token distributions"]["data"][0]["y"]
     assert len(kl) == 3 and kl[0] > 0  # the steering moved the first distribution already
+    assert [b.proto.label for b in at.get("download_button")][-3:] == ["Data (NPZ)", "Data (CSV)", "Open as notebook"]
     at.button(key="steer_back").click().run()
     assert "2 new tokens in each column" in texts(at)
     assert len(at.session_state["steer_default"]["ids"]) == len(at.session_state["steer_steered"]["ids"]) == n + 2

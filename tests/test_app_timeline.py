@@ -326,3 +326,26 @@ def test_without_analysis_the_job_panel_is_offered_and_with_it_it_is_not(env, an
     start = next(b for b in at.button if b.key == "_tl_an_start")  # ... and the job's Start button
     assert start.label == "Start analysis"
     assert any(i.value.startswith("Head scores over training: 0/") for i in at.info)
+
+
+# -- issue 17 part 5: export -------------------------------------------------------------------------------
+def test_export_and_png_buttons_are_offered_and_draw_nothing_on_load(env, analysed, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both sources of the heads chart get "Figure (PNG)" beside it and the export bar (NPZ, CSV,
+    notebook) under the section; none of them computes anything until it is clicked."""
+    from app import export_history, figure_png
+
+    calls: list[str] = []
+    monkeypatch.setattr(figure_png, "to_png", lambda *a, **k: calls.append("png"))
+    monkeypatch.setattr(export_history, "page_tables", lambda *a, **k: calls.append("tables"))
+    monkeypatch.setattr(export_history, "page_notebook", lambda *a, **k: calls.append("notebook"))
+    for root in (analysed.root, None):  # the analysis' curves, then scores per snapshot
+        if root is None:
+            shutil.copytree(env.run_dir, tmp_path / "plain" / "tiny-run")
+            monkeypatch.setenv("NANOLENS_CHECKPOINTS", str(tmp_path / "plain"))
+            resources.clear_caches()
+        at = open_timeline(prompt_from(env.text))
+        buttons = {b.label: b for b in at.download_button}
+        assert {"Figure (PNG)", "Data (NPZ)", "Data (CSV)", "Open as notebook"} <= set(buttons), list(buttons)
+        assert buttons["Figure (PNG)"].key == ("_tl_apng" if root else "_tl_png")
+        assert calls == []  # lazy: drawn and exported only on click

@@ -43,6 +43,7 @@ def test_renders_with_the_diagram_and_selectors(at) -> None:
     text = _texts(at)
     assert "Token embedding (wte)" in text and "(1, 32, 64)" in text  # the default prompt is cut to block 32
     assert re.search(r"ready in \d+ ms", text), "the page must show how long it took"
+    assert [b.proto.label for b in at.get("download_button")][-3:] == ["Data (NPZ)", "Data (CSV)", "Open as notebook"]
 
 
 def test_every_stage_can_be_selected(at) -> None:

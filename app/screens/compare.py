@@ -116,3 +116,4 @@ with tabs[4]:
         options = vc.dla_tokens(a, b, comp, pos)
         token = st.selectbox("Token to attribute", list(options), format_func=options.get, key=f"{TOKEN}_{pos}") if options else None
         show(vc.build_dla(a, b, comp, pos, token), "cmp_dla")
+components.export_bar("compare", a, loaded=la, b=b, pos=pos)  # every tab's numbers, app.export_generation

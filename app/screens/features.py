@@ -2,6 +2,7 @@
 pick one, browse its features (sortable list, top held-out examples shaded over their tokens,
 histogram, the tokens its decoder direction promotes and suppresses, its activation on the prompt),
 see the features on this prompt, and ablate or steer with one through the sidebar Interventions.
+At the bottom, the export bar (app.export_history): the page's numbers as NPZ / CSV, and a notebook.
 
 Widgets and layout only: figures come from app.views.features, caches from app.resources.
 """
@@ -86,10 +87,14 @@ with left:
 with right:
     st.plotly_chart(vf.histogram_figure(idx, f), width="stretch", key="ft_hist")
     st.markdown("**Logits its decoder direction moves** (through W_U)")
-    st.dataframe(vf.logit_table(resources.feature_logits(loaded, folder, f), tok_str), hide_index=True,
-                 width="stretch")
+    logits = resources.feature_logits(loaded, folder, f)  # (vocab,)
+    st.dataframe(vf.logit_table(logits, tok_str), hide_index=True, width="stretch")
 bar = st.container(horizontal=True)
 bar.button("Ablate it (sidebar)", key="ft_ablate", on_click=interventions.use_feature,
            args=(folder, f, "ablate"), help="Subtract its decoder contribution wherever it fires, on every page")
 bar.button("Steer with it (sidebar)", key="ft_steer", on_click=interventions.use_feature,
            args=(folder, f, "steer"), help="Add alpha × its decoder direction at every position, on every page")
+# everything above as NPZ / CSV, and a notebook that recomputes it (app.export_history); computed on click
+insp = resources.inspect(loaded, tuple(p.ids), None, edit=ss.get("edit"))
+components.export_bar("features", insp, loaded=loaded, folder=folder, feature=f, sae=sae, index=idx,
+                      latents=lat, logits=logits)

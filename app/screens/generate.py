@@ -6,6 +6,7 @@ Widgets and layout only. The sequence and its Generator live in an app.generatio
 (st.session_state["gen_live"], mirrored as a dict in ["gen"]); the buttons call it in callbacks,
 which run before the script, so the page below always shows the new state. A click during a rerun
 is safe: the session locks, and its callbacks never touch st.session_state (app/generation.py).
+The export bar's tables and notebook come from app.export_generation.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import streamlit as st
 
 from app import components, resources, state, steering_panel
 from app.generation import KEEP_ATTENTION, GenerationSession, GenState, Settings
+from app.inspection import Inspection
 from app.views import generate as vg
 from app.views.tokens import md_label
 
@@ -89,3 +91,6 @@ if gs.steps:
     last_step(view, gs, loaded.tokenizer.token_str)
 else:
     st.info("Press Step to generate the next token.")
+# the export replays this sequence: its tables are the steps above, its notebook recomputes them (teacher forcing)
+components.export_bar("generate", Inspection.of(loaded, tuple(gs.ids), None, (), edit=ss.get(state.EDIT)),
+                      loaded=loaded, state=gs, sampling=settings, k=TOP_K_SHOWN)

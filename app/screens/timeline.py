@@ -5,9 +5,10 @@ Widgets and layout only. Runs come from the one picker (app.catalog), models, tr
 losses and samples from app.resources (cached per checkpoint), figures from app.views.timeline.
 The heads-across-training section is app.head_history's: the analysis job's curves, phase-change
 markers and top examples where the run has them (Timeline 2.0), else scores per snapshot.
-The snapshot slider and what it shows live in a fragment, so moving it reruns only that part;
-Play gives the fragment a run_every timer (app.playback), and the last step reruns the app to
-stop it (run_every is fixed until a full rerun).
+Under it, the export bar: that section's numbers as NPZ / CSV and a notebook that recomputes them
+(app.export_history). The snapshot slider and what it shows live in a fragment, so moving it
+reruns only that part; Play gives the fragment a run_every timer (app.playback), and the last step
+reruns the app to stop it (run_every is fixed until a full rerun).
 """
 from __future__ import annotations
 
@@ -63,7 +64,10 @@ top[1].caption(vt.run_caption(iters, final.config))
 ids = tuple(components.prompt_box(final, vt.NAMES, where=top[1]).ids)
 layer, head = clamp(ss.get(state.LAYER), final.config.n_layer), clamp(ss.get(state.HEAD), final.config.n_head)
 ss[state.LAYER], ss[state.HEAD] = layer, head
-head_history.section(resources.inspect(final, ids, None, layer, head), paths, run)
+last = resources.inspect(final, ids, None, layer, head)
+shown = head_history.section(last, paths, run)
+# the section's numbers (scores, losses, markers) and the prompt's loss at every snapshot; computed on click
+components.export_bar("timeline", last, loaded=final, run=run, paths=paths, **shown)
 
 player = Playback(ss, iters)
 PLAYING = player.playing

@@ -3,8 +3,9 @@ with the real numbers of the prompt in hand; then the same model used for traini
 predicts its next token) and for generation (one press = one turn of the sampling loop).
 
 Widgets and layout only: figures and tables come from app.views.walkthrough(_stages); the
-Inspection records only the names of the stage shown; generation is an app.generation session,
-as on the Generate page. Tabs are lazy (on_change="rerun"): only the open tab's work runs.
+Inspection records only the names of the stage shown; the Generation tab is app.walkthrough_loop.
+Tabs are lazy (on_change="rerun"): only the open tab's work runs. The export bar (app.export_generation)
+holds the selected stage's values and the training view's numbers.
 """
 from __future__ import annotations
 
@@ -12,15 +13,13 @@ import time
 
 import streamlit as st
 
-from app import components, resources, state
-from app.generation import GenerationSession, Settings
+from app import components, resources, state, walkthrough_loop
 from app.inspection import Inspection, clamp
 from app.views import walkthrough as vw
 from app.views import walkthrough_stages as vs
 
 STAGE_KEY, TAB_KEY, DIAGRAM_KEY = "wt_stage", "wt_tab", "wt_diagram"
 ss = st.session_state
-session = GenerationSession(ss, "_wt_gen")
 
 
 def on_diagram_click(key: str, n_layer: int) -> None:
@@ -74,38 +73,6 @@ def training(insp: Inspection) -> None:
     st.caption(f"ready in {(time.perf_counter() - t0) * 1000:.0f} ms (one forward(x, y), the table and the chart)")
 
 
-def generation(insp: Inspection) -> None:
-    cfg, text = insp.config, ss.get(state.PROMPT) or ""
-    full, err = vw.full_prompt(insp.loaded.tokenizer, text, bool(ss.get(components.DROP_KEY)))  # the loop crops it
-    if err is not None:
-        st.error(err)
-        return
-    c1, c2, c3 = st.columns(3)
-    temp = c1.slider("temperature", 0.0, 2.0, 1.0, 0.05, key="wt_temp", help="0 = always the most likely token")
-    top_k = c2.number_input("top-k (0 = off)", 0, cfg.vocab_size, 0, key="wt_topk")
-    seed = c3.number_input("seed", 0, 2**31 - 1, 1337, key="wt_seed")
-    gs = session.sync(insp.loaded, full, Settings(float(temp), int(top_k), 1.0, int(seed)), insp.edit)
-    b1, b2, b3, _ = st.columns([1, 1, 1, 4])
-    b1.button("Next token ▶", key="wt_next", type="primary", on_click=session.step)
-    b2.button("Back", key="wt_back", disabled=gs.n_new == 0, on_click=session.back)
-    b3.button("Reset", key="wt_reset", disabled=gs.n_new == 0, on_click=session.reset)
-    st.markdown(vw.LOOP)
-    last = session.last()
-    if last is None:
-        st.info(vw.loop_intro(len(gs.ids), cfg.block_size))
-        st.markdown(vw.start_html(gs.ids, insp.token_str, cfg.block_size), unsafe_allow_html=True)
-        return
-    parts, table = vw.loop_steps(last[0], last[1], gs.ids, cfg, insp.token_str)
-    for kind, body in parts:
-        if kind == "figure":
-            st.plotly_chart(body, key="wt_step")
-        else:
-            st.markdown(body, unsafe_allow_html=True)
-    with st.expander("the numbers"):
-        st.dataframe(table, hide_index=True)
-    st.caption(f"this step took {gs.ms[-1]:.0f} ms · {gs.n_new} token(s) generated")
-
-
 st.title("Walkthrough")
 st.caption(vw.PIPELINE)
 if (stage := ss.get(STAGE_KEY)) not in vs.STAGES:
@@ -114,7 +81,8 @@ n_layer = resources.require_model().config.n_layer
 names, check, record = vw.recording(stage, clamp(ss.get(state.LAYER), n_layer), n_layer, ss.get(TAB_KEY, "Pipeline"))
 insp = components.inspection(names, check=check, record=record)  # only the open tab's work runs
 tabs = st.tabs(["Pipeline", "Training", "Generation"], key=TAB_KEY, on_change="rerun")
-for tab, section in zip(tabs, (lambda: pipeline(insp, stage), lambda: training(insp), lambda: generation(insp))):
+for tab, section in zip(tabs, (lambda: pipeline(insp, stage), lambda: training(insp), lambda: walkthrough_loop.show(insp))):
     if tab.open:
         with tab:
             section()
+components.export_bar("walkthrough", insp, loaded=insp.loaded, stage=stage)
