@@ -181,8 +181,9 @@ def edit_spec(edit: Any) -> Any:
         Edits.from_spec(spec)
         return spec
     except (ValueError, SyntaxError, TypeError):
-        raise ValueError(f"the active edit ({edit.description}) holds a tensor, which a notebook cannot "
-                         "spell as text; turn it off to export") from None
+        raise ValueError(f"the active edit ({edit.description}) holds a vector (a steering direction or an "
+                         "SAE feature's decoder row), which a notebook cannot spell as text: turn it off in the "
+                         "sidebar to get a notebook; the NPZ and CSV downloads hold these numbers") from None
 
 
 def page_notebook(page: str, insp: "Inspection | None", settings: Mapping[str, Any],

@@ -258,5 +258,5 @@ def test_bad_requests_say_what_to_do(loaded: Loaded) -> None:
     with pytest.raises(ValueError, match="no notebook here"):
         eg.page_notebook("home", insp_of(loaded, [1, 2]), {})
     tensor_edit = Edits().add("blocks.0.hook_resid_post", torch.ones(loaded.config.n_embd))
-    with pytest.raises(ValueError, match="turn it off to export"):
+    with pytest.raises(ValueError, match="turn it off in the sidebar"):
         eg.page_notebook("walkthrough", insp_of(loaded, [1, 2], edit=tensor_edit), {"stage": "ids"})

@@ -113,7 +113,7 @@ def test_patch_notebook_with_a_snapshot_as_source(loaded: Loaded, tmp_path: Path
 def test_an_edit_holding_a_tensor_is_refused_with_a_message(loaded: Loaded) -> None:
     edit = Edits().add("blocks.0.hook_resid_post", torch.ones(loaded.config.n_embd))
     insp = inspection(loaded, vt.NAMES, edit=edit)
-    with pytest.raises(ValueError, match="turn it off to export"):
+    with pytest.raises(ValueError, match="turn it off in the sidebar"):
         nb.page_notebook("next_token", insp, {"pos": 1})
     with pytest.raises(ValueError, match="no notebook for page"):
         nb.notebook("home", {}, "x")
