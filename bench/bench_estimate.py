@@ -31,7 +31,8 @@ from gpt.config import GPTConfig
 from gpt.model import GPT
 from trainers import estimate as te
 from trainers import runs
-from trainers.config import TrainConfig, default_threads
+from trainers.config import TrainConfig
+from trainers.machine import default_threads
 from trainers.steptimer import StepTimer
 
 TARGET = 1.5

@@ -22,20 +22,19 @@ spec, and over the 790 TFLOP/s a bf16 matmul reaches there (the device docs' mea
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench import goal, table, verdict
+from bench import goal, table
+from bench.train_common import (ITER_RE, finish, nanogpt_dir, parse_nanogpt, parse_ours, read_rows, run_pair,
+                                work_dir)
 
-REPO = Path(__file__).resolve().parents[1]
 RATIO, LOSS_TOL = 1.2, 0.05
 PEAK_SPEC, PEAK_MEASURED = 989e12, 790e12  # H200 dense bf16: datasheet, and an 8192^3 matmul there
 B, T, L, H, C, V = 12, 1024, 12, 12, 768, 50304
@@ -69,8 +68,8 @@ def window_means(losses: dict[int, float], lo: int, hi: int, width: int = 100) -
 
 
 def run(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, Any]:
-    """Both trainers, one after the other; figures and goals into `out`."""
-    from bench.bench_train import (ITER_RE, Proc, nanogpt_dir, parse_nanogpt, parse_ours, run_turns)
+    """Both trainers, one after the other; figures and goals into `out`. args: bench_train's
+    (gpt2_iters, warmup, ours_flags, keep)."""
     peer = nanogpt_dir()
     out["mode"] = "gpu-gpt2"
     if not (peer / "train.py").is_file():
@@ -80,8 +79,7 @@ def run(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, Any]:
     out["peer_data_tokens"] = write_peer_data(peer)
     iters = args.gpt2_iters
     warmup = args.warmup if args.warmup is not None else 50
-    tmp = Path(tempfile.mkdtemp(prefix="bench_gpt2_")) if args.keep is None else args.keep
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = work_dir(args.keep, "bench_gpt2_")
     py, env = sys.executable, dict(os.environ, PYTHONUNBUFFERED="1")
     ng_cmd = [py, "train.py", "config/train_gpt2.py", "--dataset=shakespeare", "--gradient_accumulation_steps=1",
               f"--max_iters={iters}", "--eval_interval=1000", "--eval_iters=20", "--wandb_log=False",
@@ -89,30 +87,15 @@ def run(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, Any]:
     ours_cmd = [py, "-m", "trainers.train", "--preset", "gpt2", "--data", "shakespeare", "--grad-accum", "1",
                 "--max-iters", str(iters), "--eval-interval", "1000", "--eval-iters", "20", "--device", "cuda",
                 "--compile", "--no-snapshots", *shlex.split(args.ours_flags), "--root", str(tmp), "--name", "ours"]
-    out.update(nanogpt_cmd=shlex.join(ng_cmd), ours_cmd=shlex.join(ours_cmd))
-    print(f"nanoGPT: (cd {peer} && {shlex.join(ng_cmd)})\nours:    {shlex.join(ours_cmd)}\nlogs in {tmp}",
-          flush=True)
-    procs: list[Proc] = []
-    try:
-        procs.append(Proc("nanoGPT", ng_cmd, peer, env, tmp / "nanogpt.log"))
-        procs.append(Proc("ours", ours_cmd, REPO, env, tmp / "ours.log"))
-        run_turns(procs, 0.0, timeout_s=3600)
-    finally:
-        for p in procs:
-            p.cleanup()
-    for p in procs:
-        if p.p.returncode != 0:
-            tail = "\n".join(ln for _, ln in p.lines[-20:])
-            raise RuntimeError(f"{p.name} exited with {p.p.returncode}:\n{tail}")
+    procs = run_pair(out, ng_cmd, ours_cmd, peer, tmp, env, 0.0, 3600, f"logs in {tmp}")
     ng, ours = parse_nanogpt(procs[0], 1000, warmup), parse_ours(tmp / "ours", 1000, warmup)
     ng_loss = {int(m.group(1)): float(m.group(2)) for _, ln in procs[0].lines if (m := ITER_RE.match(ln))}
-    rows = [json.loads(ln) for ln in (tmp / "ours" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    ours_loss = {r["iter"]: r["train_loss"] for r in rows if "train_loss" in r}
+    ours_loss = {r["iter"]: r["train_loss"] for r in read_rows(tmp / "ours") if "train_loss" in r}
     ng_ms, ours_ms = 1000 * ng["s_per_iter"], 1000 * ours["s_per_iter"]
     speedup, tpi, fpt = ng_ms / ours_ms, B * T, flops_per_token()
     wn, wo = window_means(ng_loss, 100, iters), window_means(ours_loss, 100, iters)
     diffs = {k: round(wo[k] - wn[k], 4) for k in wn if k in wo}
-    device_line = next((ln for _, ln in procs[1].lines if ln.startswith("device:")), "")
+    device_line = procs[1].first_line("device:")
 
     def mfu(ms: float) -> str:
         f = fpt * tpi / (ms / 1000)
@@ -138,11 +121,4 @@ def run(args: argparse.Namespace, out: dict[str, Any]) -> dict[str, Any]:
     out["goals"].append(goal(f"GPU GPT-2 train loss vs nanoGPT, means over 100-iteration windows 100-{iters}",
                              wo, wn, worst, f"|diff| <= {LOSS_TOL}", None if worst is None else worst <= LOSS_TOL,
                              "seeded 1337; the same initial weights, each trainer's own batches"))
-    for g in out["goals"]:
-        print(f"  {verdict(g['passed']):4s} {g['goal']}: {g['measured']} vs {g['peer']} ({g['target']})")
-    if args.keep is None:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        (tmp / "result.json").write_text(json.dumps(out, indent=1, default=str))
-    return out
+    return finish(out, tmp, args.keep)

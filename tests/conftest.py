@@ -4,6 +4,10 @@
 - `tiny_checkpoint`  (session) a TinyRun: the "tiny" preset trained for 30 iterations by the real
                      trainer: <root>/tiny-run/{config.json, metrics.jsonl, status.json (finished),
                      latest/, best/, snapshots/iter_0000000, _0000010, _0000025, _0000030}.
+- `started`          pids of the background jobs a test launched (it appends them); killed and reaped
+                     at teardown (tests/job_fixtures.py, with wait_for).
+- `job_run`          a private copy of the tiny run for the background-job tests: tmp_path/ckpts/tiny-run;
+                     at teardown the jobs its analysis/, lens/ and sae/*/ status.json name are reaped too.
 - `app_server`       (session) factory: app_server(checkpoints_root, **env) -> base URL of a Streamlit
                      server for app/main.py with NANOLENS_CHECKPOINTS=checkpoints_root and no bundled
                      model (NANOLENS_BUNDLED=""; pass one in env); one server per (root, env).
@@ -38,6 +42,7 @@ import pytest
 
 from tests.e2e.helpers import screenshot
 from tests.e2e.server import StreamlitServer, descendants, kill_all
+from tests.job_fixtures import reap, status_pids
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -138,6 +143,30 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     run_dir = root / "tiny-run"
     iters = tuple(it for it, _ in list_snapshots(run_dir))
     return TinyRun(root=root, run_dir=run_dir, data=data, text=text, iters=iters)
+
+
+# -- background jobs (analysis, tuned-lens fit, SAE) on a copy of the tiny run ----------------------
+@pytest.fixture
+def started() -> Iterator[list[int]]:
+    """Append the pid of every detached job the test launches; teardown kills and reaps them all."""
+    pids: list[int] = []
+    try:
+        yield pids
+    finally:
+        reap(pids)
+
+
+@pytest.fixture
+def job_run(tmp_path: Path, tiny_checkpoint: TinyRun, started: list[int]) -> Iterator[Path]:
+    """A private copy of the tiny run (tmp_path/ckpts/tiny-run; 4 snapshots). Teardown kills and
+    reaps the jobs its status.json files still name, then `started`'s (a job the app launched
+    writes its own pid, so a test may not know it)."""
+    d = tmp_path / "ckpts" / "tiny-run"
+    shutil.copytree(tiny_checkpoint.run_dir, d)
+    try:
+        yield d
+    finally:
+        reap(status_pids(d))
 
 
 # -- live Streamlit servers --------------------------------------------------------------------------

@@ -4,7 +4,6 @@ resume, stop and resume (SIGTERM and the STOP file), the refusals' messages, the
 Every test kills and reaps the processes it started."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -12,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from gpt.dataset_scores import induction_targets, window_scores_from_pattern
 from gpt.heads import induction_scores
 from gpt.layout import analysis_dir
 from gpt.record import Recorder
+from tests.job_fixtures import reap, wait_for
 from trainers import analysis_runs as ar
 from trainers.analyze import AnalysisError, main, run_analysis
 from trainers.runlock import RunLock
@@ -31,42 +30,20 @@ from trainers.runlock import RunLock
 REPO = Path(__file__).resolve().parents[1]
 MANY = 1000  # windows that keep the tiny model busy for a second or so per snapshot
 NAMES = ["prev_token", "induction_random", "induction_natural", "sink", "self", "entropy"]
-STARTED: list[int] = []  # pids of the detached jobs a test started (a finished job's status has none)
 
 
 @pytest.fixture
-def run(tmp_path, tiny_checkpoint):
-    """A private copy of the tiny run (4 snapshots); teardown kills and reaps every analysis
-    process the test started."""
-    shutil.copytree(tiny_checkpoint.run_dir, tmp_path / "ckpts" / "tiny-run")
-    yield tmp_path / "ckpts" / "tiny-run"
-    _reap(tmp_path / "ckpts" / "tiny-run", tuple(STARTED))
-    STARTED.clear()
+def run(job_run: Path) -> Path:
+    """A private copy of the tiny run (4 snapshots; conftest's job_run, which reaps its analysis
+    process at teardown)."""
+    return job_run
 
 
-def start(run_dir: Path, **kw) -> dict:
-    """trainers.analysis_runs.start_analysis, its process noted for teardown."""
+def start(run_dir: Path, started: list[int], **kw) -> dict:
+    """trainers.analysis_runs.start_analysis, its process noted in `started` for teardown."""
     st = ar.start_analysis(run_dir.name, run_dir.parent, **kw)
-    STARTED.append(st["pid"])  # (the child's pid: start writes it before it returns)
+    started.append(st["pid"])  # (the child's pid: start writes it before it returns)
     return st
-
-
-def _reap(run_dir: Path, pids: tuple[int, ...] = ()) -> None:
-    status = analysis_dir(run_dir) / "status.json"
-    for pid in {*pids, json.loads(status.read_text()).get("pid") if status.is_file() else None} - {None}:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)  # (its own session: start_new_session)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-
-
-def wait_for(pred, timeout: float = 120.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if v := pred():
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {pred}")
 
 
 def results(run_dir: Path) -> dict[str, dict]:
@@ -153,17 +130,17 @@ def test_entropy_from_scores_and_induction_targets_by_definition():
 
 
 # -- kill -9 and resume ---------------------------------------------------------------------------------
-def test_kill9_then_resume_equals_uninterrupted(run, reference):
-    start(run, windows=MANY)
+def test_kill9_then_resume_equals_uninterrupted(run, reference, started):
+    start(run, started, windows=MANY)
     st = wait_for(lambda: (s := ar.analysis_status("tiny-run", run.parent))["state"] != "running"
                   or s["done"] >= 1 and s)
     assert st["state"] == "running" and 1 <= st["done"] < 4, st
     os.killpg(st["pid"], signal.SIGKILL)
-    _reap(run, (st["pid"],))
+    reap([st["pid"]])
     st = ar.analysis_status("tiny-run", run.parent)
     assert st["state"] == "interrupted" and "start it again to resume" in st["message"]
     assert 1 <= st["done"] < 4
-    start(run)  # resumes: the windows count comes from meta.json
+    start(run, started)  # resumes: the windows count comes from meta.json
     st = wait_for(lambda: (s := ar.analysis_status("tiny-run", run.parent))["state"] not in ar.LIVE and s)
     assert st["state"] == "finished" and st["done"] == st["total"] == 4, st
     assert results(run) == reference
@@ -201,7 +178,7 @@ def test_killed_inside_a_write_then_resume(run, reference):
 
 
 # -- stop and resume --------------------------------------------------------------------------------
-def test_stop_by_sigterm_and_stop_file_then_resume(run, reference):
+def test_stop_by_sigterm_and_stop_file_then_resume(run, reference, started):
     cli = subprocess.Popen([sys.executable, "-m", "trainers.analyze", "--run", "tiny-run", "--root", str(run.parent),
                             "--windows", str(MANY), "--threads", "1"], cwd=REPO, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -210,12 +187,12 @@ def test_stop_by_sigterm_and_stop_file_then_resume(run, reference):
         cli.send_signal(signal.SIGTERM)
         out, _ = cli.communicate(timeout=120)
     finally:
-        _reap(run, (cli.pid,))
+        reap([cli.pid])
     assert cli.returncode == 0 and "SIGTERM: stopping" in out, out
     st = ar.analysis_status("tiny-run", run.parent)
     assert st["state"] == "stopped" and st["done"] < 4 and "start it again to resume" in st["message"], (st, out)
     assert f"analysis: 4 snapshots (0 done, 4 to go), {MANY} windows of 32 tokens" in out
-    start(run)
+    start(run, started)
     wait_for(lambda: (s := ar.analysis_status("tiny-run", run.parent))["state"] == "running" and s["pid"])
     done_then = len(sh.done_iters(run))
     st = ar.stop_analysis("tiny-run", run.parent, wait=True)
@@ -319,7 +296,7 @@ def _panel_script(run_dir: str) -> None:
     analysis_panel(run_dir, key="t")
 
 
-def test_panel_starts_the_job_and_shows_its_end(run):
+def test_panel_starts_the_job_and_shows_its_end(run, started):
     from streamlit.testing.v1 import AppTest
 
     from app.analysis_panel import panel_text
@@ -331,7 +308,7 @@ def test_panel_starts_the_job_and_shows_its_end(run):
     assert not at.button(key="t_start").disabled
     before = set(children(os.getpid()))
     at.button(key="t_start").click().run()  # launches the detached job
-    STARTED.extend(pid for pid, _ in set(children(os.getpid())) - before)  # (it runs for seconds: torch loads)
+    started.extend(pid for pid, _ in set(children(os.getpid())) - before)  # (it runs for seconds: torch loads)
     assert not at.exception and not at.error
     st = wait_for(lambda: (s := ar.analysis_status("tiny-run", run.parent))["state"] not in ar.LIVE and s)
     assert st["state"] == "finished", st

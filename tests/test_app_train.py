@@ -66,7 +66,7 @@ def test_renders_without_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     st.cache_resource.clear()
     at = train_page()
     assert "No runs yet" in captions(at)
-    from trainers.config import default_threads
+    from trainers.machine import default_threads
     n = default_threads()
     assert f"Training uses {n} thread{'s' if n != 1 else ''}, leaving" in captions(at)
     assert metric(at, "Parameters").endswith("M")
@@ -78,7 +78,7 @@ def test_runs_table_and_estimate_follow_the_form(root: Path) -> None:
     assert list(table["run"]) == ["tiny-run"] and list(table["state"]) == ["finished"]
     assert "iter 30 / 30" in captions(at) and "points" in captions(at)  # the chart of the finished run
     before = metric(at, "Parameters"), metric(at, "Estimated time"), metric(at, "Memory (training)")
-    from trainers.config import default_threads
+    from trainers.machine import default_threads
     assert "Timed here: " in captions(at) and f"on {default_threads()} thread" in captions(at)  # the run's
     at.number_input(key="_tr_n_layer_tiny").set_value(8)
     at.run()

@@ -17,7 +17,8 @@ from trainers import runs
 from trainers.engine import Engine
 from trainers.steptimer import StepTimer
 from trainers.trainer import ETA_WARMUP, Callbacks, Trainer
-from trainers.config import TrainConfig, check_config, default_threads, is_snapshot_iter
+from trainers.config import TrainConfig, check_config, is_snapshot_iter
+from trainers.machine import default_threads
 
 
 @pytest.mark.parametrize("preset, overrides", [

@@ -5,14 +5,11 @@ stop and resume; refusals; the shipped lenses of the bundled models. Every test 
 processes it started."""
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from gpt import tuned_lens as tl
 from gpt.analysis import lens_logits
 from gpt.checkpoint import load
 from gpt.record import Recorder
+from tests.job_fixtures import wait_for
 from trainers import lens_runs as lr
 from trainers.fit_lens import LensFitError, lens_windows, main, run_fit
 from trainers.runlock import RunLock
@@ -29,34 +27,12 @@ from trainers.runlock import RunLock
 REPO = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda _m: None)
 LONG = dict(steps=400, windows=32, eval_windows=8, batch=256)  # a fit that lasts a few seconds
-STARTED: list[int] = []
 
 
 @pytest.fixture
-def run(tmp_path, tiny_checkpoint):
-    """A private copy of the tiny run; teardown kills and reaps every fit the test started."""
-    shutil.copytree(tiny_checkpoint.run_dir, tmp_path / "ckpts" / "tiny-run")
-    yield tmp_path / "ckpts" / "tiny-run"
-    _reap(tmp_path / "ckpts" / "tiny-run", tuple(STARTED))
-    STARTED.clear()
-
-
-def _reap(run_dir: Path, pids: tuple[int, ...] = ()) -> None:
-    status = tl.lens_dir(run_dir) / "status.json"
-    for pid in {*pids, json.loads(status.read_text()).get("pid") if status.is_file() else None} - {None}:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)  # (its own session)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-
-
-def wait_for(pred, timeout: float = 180.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if v := pred():
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {pred}")
+def run(job_run: Path) -> Path:
+    """A private copy of the tiny run (conftest's job_run, which reaps its fit at teardown)."""
+    return job_run
 
 
 def hand_kl(model, lens, windows: torch.Tensor) -> list[float]:
@@ -99,7 +75,7 @@ def test_fit_beats_the_logit_lens_held_out(run):
     assert again["state"] == "finished" and "already fitted to latest" in again["message"]
 
 
-def test_kill9_then_resume_equals_uninterrupted(run, tmp_path, tiny_checkpoint):
+def test_kill9_then_resume_equals_uninterrupted(run, tmp_path, tiny_checkpoint, started):
     ref_root = tmp_path / "ref"
     shutil.copytree(tiny_checkpoint.run_dir, ref_root / "tiny-run")
     assert run_fit(ref_root / "tiny-run" / "latest", **QUIET, save_every=5, **LONG)["state"] == "finished"
@@ -107,7 +83,7 @@ def test_kill9_then_resume_equals_uninterrupted(run, tmp_path, tiny_checkpoint):
     argv = [sys.executable, "-m", "trainers.fit_lens", "--run", "tiny-run", "--root", str(run.parent),
             "--threads", "1", "--save-every", "5"] + [f"--{k.replace('_', '-')}={v}" for k, v in LONG.items()]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    STARTED.append(proc.pid)
+    started.append(proc.pid)
     state = tl.lens_dir(run) / "state.safetensors"
     wait_for(lambda: proc.poll() is not None or (tl.load_fit_state(state) or {}).get("step", 0) >= 20)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -125,11 +101,11 @@ def test_kill9_then_resume_equals_uninterrupted(run, tmp_path, tiny_checkpoint):
     assert not list(tl.lens_dir(run).glob(".*.tmp"))
 
 
-def test_app_start_stop_resume(run):
+def test_app_start_stop_resume(run, started):
     ckpt = run / "latest"
     assert lr.lens_status(ckpt)["state"] == "none"
     st = lr.start_lens(ckpt, steps=400)
-    STARTED.append(st["pid"])
+    started.append(st["pid"])
     wait_for(lambda: (s := lr.lens_status(ckpt))["state"] == "running" and s["done"] >= 5)
     with pytest.raises(ValueError, match="already running"):
         lr.start_lens(ckpt)
@@ -139,7 +115,7 @@ def test_app_start_stop_resume(run):
     with pytest.raises(LensFitError, match="steps 400 .asked 10.*--fresh"):
         run_fit(ckpt, steps=10, **QUIET)
     st = lr.start_lens(ckpt)  # resumes with the saved settings
-    STARTED.append(st["pid"])
+    started.append(st["pid"])
     st = wait_for(lambda: (s := lr.lens_status(ckpt))["state"] not in lr.LIVE and s)
     assert st["state"] == "finished" and st["done"] == 400, st
     assert "resumable" in st and not st["resumable"]

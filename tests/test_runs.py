@@ -15,7 +15,7 @@ import torch
 
 from gpt import checkpoint as ckpt
 from trainers import runs
-from trainers.config import default_threads
+from trainers.machine import default_threads
 from trainers.data import SHARED_SHAKESPEARE
 
 HAVE_SHAKESPEARE = SHARED_SHAKESPEARE.is_file()

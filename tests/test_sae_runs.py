@@ -6,15 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from gpt.sae import load_sae
 from gpt.sae_index import load_index, sae_path
+from tests.job_fixtures import reap, wait_for
 from trainers import sae_runs
 
 HOOK = "blocks.1.hook_resid_post"
@@ -22,33 +21,15 @@ SMALL = dict(batch_tokens=256, eval_every=20, save_every=5, val_windows=4, index
 
 
 @pytest.fixture
-def run(tmp_path: Path, tiny_checkpoint) -> Path:
-    d = tmp_path / "ck" / "tiny-run"
-    shutil.copytree(tiny_checkpoint.run_dir, d)
-    return d
-
-
-def _wait(pred, timeout: float = 120.0, what: str = "") -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+def run(job_run: Path) -> Path:
+    """A private copy of the tiny run (conftest's job_run, which reaps its SAE jobs at teardown)."""
+    return job_run
 
 
 def _start(run: Path, pids: list[int], **settings) -> dict:
     st = sae_runs.start_sae(run, HOOK, **settings)
     pids.append(st["pid"])  # the child's (start_sae writes it), reaped in teardown
     return st
-
-
-def _reap(pids: list[int]) -> None:
-    """Teardown: kill every job this test started (each in its own session) and reap it."""
-    for pid in set(pids) - {None}:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
 
 
 def _rows(run: Path) -> list[dict]:
@@ -81,43 +62,34 @@ def test_cli_trains_and_writes_everything(run: Path, capsys) -> None:
     assert "layers 0..1" in capsys.readouterr().err
 
 
-def test_killed_job_resumes(run: Path) -> None:
-    pids: list[int] = []
-    try:
-        _start(run, pids, steps=400, **SMALL)
-        d = sae_path(run, HOOK)
-        _wait(lambda: sae_runs.sae_status(run, HOOK)["step"] >= 30 and (d / "state.safetensors").is_file(),
-              what="30 steps and a saved state")
-        pid = sae_runs.sae_status(run, HOOK)["pid"]
-        os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        _wait(lambda: sae_runs.sae_status(run, HOOK)["state"] == "interrupted", 30, "'interrupted'")
-        killed_at = sae_runs.sae_status(run, HOOK)["step"]
-        assert killed_at < 400
-        _start(run, pids, steps=400, **SMALL)  # resumes
-        with pytest.raises(ValueError, match="already training"):
-            sae_runs.start_sae(run, HOOK, steps=400, **SMALL)
-        _wait(lambda: sae_runs.sae_status(run, HOOK)["state"] == "finished", 300, "the resumed job to finish")
-        log = (d / "train_sae.log").read_text()
-        assert "resuming at step" in log
-        steps = [r["step"] for r in _rows(run) if r["kind"] == "train"]
-        assert steps == list(range(10, 401, 10))  # rows after the lost state were dropped, then redone
-        assert load_index(d) is not None
-    finally:
-        _reap(pids)
+def test_killed_job_resumes(run: Path, started: list[int]) -> None:
+    _start(run, started, steps=400, **SMALL)
+    d = sae_path(run, HOOK)
+    wait_for(lambda: sae_runs.sae_status(run, HOOK)["step"] >= 30 and (d / "state.safetensors").is_file(),
+             120, "30 steps and a saved state")
+    pid = sae_runs.sae_status(run, HOOK)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    reap([pid])
+    wait_for(lambda: sae_runs.sae_status(run, HOOK)["state"] == "interrupted", 30, "'interrupted'")
+    killed_at = sae_runs.sae_status(run, HOOK)["step"]
+    assert killed_at < 400
+    _start(run, started, steps=400, **SMALL)  # resumes
+    with pytest.raises(ValueError, match="already training"):
+        sae_runs.start_sae(run, HOOK, steps=400, **SMALL)
+    wait_for(lambda: sae_runs.sae_status(run, HOOK)["state"] == "finished", 300, "the resumed job to finish")
+    log = (d / "train_sae.log").read_text()
+    assert "resuming at step" in log
+    steps = [r["step"] for r in _rows(run) if r["kind"] == "train"]
+    assert steps == list(range(10, 401, 10))  # rows after the lost state were dropped, then redone
+    assert load_index(d) is not None
 
 
-def test_stop_saves_and_says_stopped(run: Path) -> None:
-    pids: list[int] = []
-    try:
-        _start(run, pids, steps=100_000, **SMALL)
-        _wait(lambda: sae_runs.sae_status(run, HOOK)["step"] >= 10, what="10 steps")
-        st = sae_runs.stop_sae(run, HOOK, wait=True, timeout=60)
-        assert st["state"] == "stopped" and "start it again to resume" in st["message"]
-        assert (sae_path(run, HOOK) / "state.safetensors").is_file()
-        assert load_sae(sae_path(run, HOOK)).meta["finished"] is False
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pids[0], 0)  # it exits on its own after saying "stopped"
-    finally:
-        _reap(pids)
+def test_stop_saves_and_says_stopped(run: Path, started: list[int]) -> None:
+    _start(run, started, steps=100_000, **SMALL)
+    wait_for(lambda: sae_runs.sae_status(run, HOOK)["step"] >= 10, 120, "10 steps")
+    st = sae_runs.stop_sae(run, HOOK, wait=True, timeout=60)
+    assert st["state"] == "stopped" and "start it again to resume" in st["message"]
+    assert (sae_path(run, HOOK) / "state.safetensors").is_file()
+    assert load_sae(sae_path(run, HOOK)).meta["finished"] is False
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(started[0], 0)  # it exits on its own after saying "stopped"

@@ -278,7 +278,7 @@ def test_cli_threads(tmp_path, capsys, monkeypatch):
     flag out is); more threads than cores are capped, with a warning, unless --force-threads."""
     from tqdm import tqdm
 
-    from trainers.config import cap_threads, cpu_cores
+    from trainers.machine import cap_threads, cpu_cores
     monkeypatch.setattr(tqdm, "monitor_interval", 0)
     base = ["--root", str(tmp_path), "--data", "python-docs", "--device", "cpu"]
     for bad in ("-1", "0"):

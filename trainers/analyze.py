@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -33,28 +32,17 @@ from gpt import score_history as sh
 from gpt.checkpoint import CheckpointError, list_snapshots, load
 from gpt.dataset_scores import RANDOM_SEQUENCES, SCORE_NAMES, dataset_scores
 from gpt.layout import analysis_dir
-from trainers.config import RUN_CONFIG_FILE, default_threads
-from trainers.runfolder import get_dict, load_json, now, read_json, write_json_atomic
-from trainers.runlock import RunBusy, RunLock
+from trainers.config import RUN_CONFIG_FILE
+from trainers.jobcli import (StopRequested, check_stop, clear_stop, failure_recorded, job_lock, job_parser,
+                             last_status, parse_job_args, run_job, write_status)
+from trainers.runfolder import get_dict, load_json, now
 
 DEFAULT_WINDOWS, DEFAULT_SEED, DEFAULT_TOP_K = 256, 0, 8
-STOP_FILE = "STOP"  # analysis/STOP asks the job to stop after its current chunk
 STATUS_EVERY_S = 0.5  # status.json within a snapshot at most this often (a chunk takes ~0.1 s)
 
 
 class AnalysisError(ValueError):
     """The job cannot run; the message says why and what to do."""
-
-
-class StopRequested(Exception):
-    """Raised from the progress callback when a stop was asked for."""
-
-
-def status_write(run_dir: Path, state: str, done: int, total: int, message: str) -> None:
-    """analysis/status.json: {"state", "pid", "done", "total", "message", "updated_ts"}."""
-    write_json_atomic(analysis_dir(run_dir) / sh.STATUS, {
-        "state": state, "pid": os.getpid() if state == "running" else None, "done": done, "total": total,
-        "message": message, "updated_ts": time.time()})
 
 
 # -- the windows -----------------------------------------------------------------------------------
@@ -159,30 +147,18 @@ def run_analysis(run_dir: str | os.PathLike, windows: int | None = None, seed: i
     run_dir = Path(run_dir)
     snaps = _check_run(run_dir)
     adir = analysis_dir(run_dir)
-    try:
-        adir.mkdir(exist_ok=True)
-        lock = RunLock.acquire(adir)
-    except RunBusy:
-        raise AnalysisError(f"an analysis of run {run_dir.name!r} is already running (it holds "
-                            f"{adir / '.lock'}); stop it, or wait for it to end") from None
-    except OSError as e:
-        raise AnalysisError(f"cannot write {adir} ({e.strerror or e}); copy the run to a folder you can write") from None
-    try:
-        for p in adir.glob(".*.tmp"):  # temp files of writes a kill interrupted
-            p.unlink(missing_ok=True)
-        if (read_json(adir / sh.STATUS) or {}).get("message") != "starting":  # not launched by start_analysis:
-            (adir / STOP_FILE).unlink(missing_ok=True)  # a STOP left from before is stale
+    with job_lock(adir, AnalysisError, unwritable="copy the run to a folder you can write",
+                  busy=f"an analysis of run {run_dir.name!r} is already running (it holds {adir / '.lock'}); "
+                       "stop it, or wait for it to end"):
         if fresh:
             _fresh(run_dir)
         meta = _settings(run_dir, windows, seed, top_k)  # a refusal: status.json stays as it was
-        try:
+
+        def failed(msg: str) -> None:
+            write_status(adir, "failed", msg, done=len(sh.done_iters(run_dir)), total=len(snaps))
+
+        with failure_recorded(AnalysisError, failed):
             return _run_locked(run_dir, snaps, meta, windows, seed, top_k, threads, should_stop, log, bar)
-        except BaseException as e:  # what went wrong goes where the app reads it
-            msg = str(e) if isinstance(e, AnalysisError) else f"{type(e).__name__}: {e}"
-            status_write(run_dir, "failed", len(sh.done_iters(run_dir)), len(snaps), msg[:2000])
-            raise
-    finally:
-        lock.close()
 
 
 def _run_locked(run_dir: Path, snaps: list[tuple[int, Path]], meta: dict[str, Any] | None,
@@ -220,23 +196,22 @@ def _loop(run_dir: Path, todo: list[tuple[int, Path]], done: int, total: int, id
           meta: dict[str, Any], should_stop: Callable[[], bool], bar: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
-    stop_file = analysis_dir(run_dir) / STOP_FILE
+    adir = analysis_dir(run_dir)
     N, t0 = ids.size(0), time.monotonic()
     said = [0.0]  # when status.json was last written
     # disable=None: a bar only in a terminal (the detached job logs to a file); none at all without
     # `bar`, since even a disabled tqdm starts its monitor thread
     progress = tqdm(total=total, initial=done, unit="snapshot", disable=None, file=sys.stderr,
                     dynamic_ncols=True) if bar else None
-    status_write(run_dir, "running", done, total, f"{done}/{total} snapshots analysed")
+    write_status(adir, "running", f"{done}/{total} snapshots analysed", done=done, total=total)
     try:
         for it, path in todo:
             def on_chunk(w: int, n: int, it: int = it) -> None:
-                if should_stop() or stop_file.exists():
-                    raise StopRequested
+                check_stop(adir, should_stop)
                 if progress is not None:
                     progress.set_postfix_str(f"iter {it}: {w}/{n} windows")
                 if time.monotonic() - said[0] >= STATUS_EVERY_S or w == 0:
-                    status_write(run_dir, "running", done, total, f"iter {it}: {w}/{n} windows")
+                    write_status(adir, "running", f"iter {it}: {w}/{n} windows", done=done, total=total)
                     said[0] = time.monotonic()
 
             on_chunk(0, N)
@@ -250,37 +225,28 @@ def _loop(run_dir: Path, todo: list[tuple[int, Path]], done: int, total: int, id
             if progress is not None:
                 progress.update(1)
     except StopRequested:
-        stop_file.unlink(missing_ok=True)
-        msg = f"stopped at {done}/{total} snapshots; start it again to resume"
-        status_write(run_dir, "stopped", done, total, msg)
-        return {"state": "stopped", "done": done, "total": total, "message": msg}
+        clear_stop(adir)
+        return last_status(adir, "stopped", f"stopped at {done}/{total} snapshots; start it again to resume",
+                           done=done, total=total)
     finally:
         if progress is not None:
             progress.close()
-    stop_file.unlink(missing_ok=True)  # (a stop asked as the last chunk ended)
-    msg = f"analysed {total} snapshots ({len(todo)} now, in {time.monotonic() - t0:.1f} s)"
-    status_write(run_dir, "finished", done, total, msg)
-    return {"state": "finished", "done": done, "total": total, "message": msg}
+    clear_stop(adir)  # (a stop asked as the last chunk ended)
+    return last_status(adir, "finished", f"analysed {total} snapshots ({len(todo)} now, in "
+                       f"{time.monotonic() - t0:.1f} s)", done=done, total=total)
 
 
 # -- the CLI ----------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainers.analyze", description=(
+    p = job_parser("python -m trainers.analyze", (
         "Score every head of every snapshot of a run over held-out validation windows (previous-token, "
         "induction on random repeats and on the text, first-token sink, self, entropy; top windows per head) "
         "and write <run>/analysis/. Resumes where it stopped; SIGTERM, Ctrl-C or <run>/analysis/STOP stop it."))
-    p.add_argument("--run", required=True, help="the run's name (a folder under the checkpoints root)")
-    p.add_argument("--root", help="the checkpoints root (default: $NANOLENS_CHECKPOINTS, else ./checkpoints)")
     p.add_argument("--windows", type=int, help=f"validation windows to score (default {DEFAULT_WINDOWS}, or "
                    "what an existing analysis used)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores but one)")
     p.add_argument("--top-k", type=int, help=f"windows kept per head and score (default {DEFAULT_TOP_K})")
     p.add_argument("--seed", type=int, help=f"seed of the window offsets and random sequences (default {DEFAULT_SEED})")
-    p.add_argument("--fresh", action="store_true", help="delete the run's analysis results and start over")
-    args = p.parse_args(argv)
-    for k in ("windows", "threads", "top_k"):
-        if getattr(args, k) is not None and getattr(args, k) < 1:
-            p.error(f"--{k.replace('_', '-')} must be at least 1")
+    args = parse_job_args(p, argv, "delete the run's analysis results and start over", ("windows", "top_k"))
     if args.seed is not None and args.seed < 0:
         p.error("--seed must be at least 0")
     return args
@@ -291,25 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.runs import run_path
 
     args = parse_args(argv)
-    stop = {"asked": False}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        print(f"{signal.Signals(signum).name}: stopping after this chunk of windows", file=sys.stderr, flush=True)
-        stop["asked"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    threads = args.threads or default_threads()
-    torch.set_num_threads(threads)
-    try:
-        st = run_analysis(run_path(args.run, args.root), args.windows, args.seed, args.top_k, threads,
-                          args.fresh, should_stop=lambda: stop["asked"], log=lambda m: print(m, flush=True),
-                          bar=True)
-    except ValueError as e:  # AnalysisError, a bad run name (run_path), a malformed analysis file
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{st['state']}: {st['message']}", flush=True)
-    return 0
+    # (a ValueError is exit 1: AnalysisError, a bad run name (run_path), a malformed analysis file)
+    return run_job(args.threads, "this chunk of windows", lambda threads, should_stop, log: run_analysis(
+        run_path(args.run, args.root), args.windows, args.seed, args.top_k, threads, args.fresh,
+        should_stop=should_stop, log=log, bar=True))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -36,28 +35,20 @@ import torch
 from gpt import tuned_lens as tl
 from gpt.checkpoint import CheckpointError, load, resolve_checkpoint
 from gpt.record import Recorder
-from trainers.config import RUN_CONFIG_FILE, default_threads
-from trainers.runfolder import get_dict, now, read_json, write_json_atomic
-from trainers.runlock import RunBusy, RunLock
+from trainers.config import RUN_CONFIG_FILE
+from trainers.jobcli import (STATUS, STOP_FILE, StopRequested, check_stop, clear_stop, failure_recorded, job_lock,
+                             job_parser, last_status, parse_job_args, run_job, write_status)
+from trainers.runfolder import get_dict, now, read_json
 
+# lens/status.json: {"state", "pid", "done", "total", "checkpoint", "message", "updated_ts"}; its name and
+# STOP_FILE's are trainers.jobcli's, imported from here by trainers/lens_runs.py with LOG and STATE_FILE
 DEFAULTS = dict(windows=64, eval_windows=16, steps=250, batch=1024, lr=2e-3, seed=0)
-STATUS, STOP_FILE, STATE_FILE, LOG = "status.json", "STOP", "state.safetensors", "fit.log"
+STATE_FILE, LOG = "state.safetensors", "fit.log"
 SAVE_EVERY, STATUS_EVERY_S, FIT_FRACTION = 25, 0.5, 0.8
 
 
 class LensFitError(ValueError):
     """The fit cannot run; the message says why and what to do."""
-
-
-class StopRequested(Exception):
-    """A stop was asked for (signal or lens/STOP)."""
-
-
-def status_write(ldir: Path, state: str, done: int, total: int, message: str, checkpoint: str = "") -> None:
-    """lens/status.json: {"state", "pid", "done", "total", "message", "checkpoint", "updated_ts"}."""
-    write_json_atomic(ldir / STATUS, {
-        "state": state, "pid": os.getpid() if state == "running" else None, "done": done, "total": total,
-        "message": message, "checkpoint": checkpoint, "updated_ts": time.time()})
 
 
 # -- what to fit, and on what ---------------------------------------------------------------------------
@@ -148,7 +139,7 @@ def run_fit(checkpoint: str | os.PathLike, data: str | None = None, fresh: bool 
             should_stop: Callable[[], bool] = lambda: False, log: Callable[[str], None] = print,
             save_every: int = SAVE_EVERY, threads: int | None = None, **asked: Any) -> dict[str, Any]:
     """Fit (or resume fitting) the tuned lens of the checkpoint at `checkpoint`; return the final
-    status {"state": "finished" | "stopped", "done", "total", "message"}. asked: windows,
+    status {"state": "finished" | "stopped", "done", "total", "checkpoint", "message"}. asked: windows,
     eval_windows, steps, batch, lr, seed (None: the saved state's, else DEFAULTS); a clash with a
     saved state is a LensFitError unless fresh. LensFitError when it cannot run (status.json then
     says "failed" and why, except for a busy lock or clashing settings, which write nothing)."""
@@ -161,28 +152,12 @@ def run_fit(checkpoint: str | os.PathLike, data: str | None = None, fresh: bool 
     home = tl.lens_home(ckpt)
     ldir = tl.lens_dir(home)
     rel = str(ckpt.relative_to(home)) if ckpt.is_relative_to(home) and ckpt != home else ckpt.name
-    try:
-        ldir.mkdir(exist_ok=True)
-        lock = RunLock.acquire(ldir)
-    except RunBusy:
-        raise LensFitError(f"a tuned-lens fit of {home.name!r} is already running (it holds {ldir / '.lock'}); "
-                           "stop it, or wait for it to end") from None
-    except OSError as e:
-        raise LensFitError(f"cannot write {ldir} ({e.strerror or e}); copy the checkpoint to a folder you can write") from None
-    try:
-        for p in ldir.glob(".*.tmp"):  # temp files of writes a kill interrupted
-            p.unlink(missing_ok=True)
-        if (read_json(ldir / STATUS) or {}).get("message") != "starting":  # not launched by start_lens:
-            (ldir / STOP_FILE).unlink(missing_ok=True)  # a STOP left from before is stale
-        try:
+    with job_lock(ldir, LensFitError, unwritable="copy the checkpoint to a folder you can write",
+                  busy=f"a tuned-lens fit of {home.name!r} is already running (it holds {ldir / '.lock'}); "
+                       "stop it, or wait for it to end"):
+        with failure_recorded(LensFitError, lambda msg: write_status(ldir, "failed", msg, done=0, total=0,
+                                                                     checkpoint=rel), keep=(_Refused,)):
             return _fit_locked(model, tok, home, ldir, rel, data, fresh, should_stop, log, save_every, threads, asked)
-        except BaseException as e:  # what went wrong goes where the app reads it
-            if not isinstance(e, _Refused):
-                msg = str(e) if isinstance(e, LensFitError) else f"{type(e).__name__}: {e}"
-                status_write(ldir, "failed", 0, 0, msg[:2000], rel)
-            raise
-    finally:
-        lock.close()
 
 
 class _Refused(LensFitError):
@@ -214,9 +189,8 @@ def _fit_locked(model: torch.nn.Module, tok: Any, home: Path, ldir: Path, rel: s
     else:
         done = tl.read_meta(ldir) if (ldir / tl.META_FILE).is_file() else None
         if done is not None and done.get("model_sha256") == fp and not fresh:
-            msg = f"a tuned lens is already fitted to {rel}; pass --fresh to fit it again"
-            status_write(ldir, "finished", done.get("steps", 0), done.get("steps", 0), msg, rel)
-            return {"state": "finished", "done": done.get("steps", 0), "total": done.get("steps", 0), "message": msg}
+            return last_status(ldir, "finished", f"a tuned lens is already fitted to {rel}; pass --fresh to fit it "
+                               "again", done=done.get("steps", 0), total=done.get("steps", 0), checkpoint=rel)
         settings = dict(DEFAULTS, **asked, data=corpus_of(home, data), checkpoint=rel, model_sha256=fp,
                         block=model.config.block_size, tokenizer=tok.kind, started_at=now())
     L, C = model.config.n_layer, model.config.n_embd
@@ -235,7 +209,8 @@ def _fit_locked(model: torch.nn.Module, tok: Any, home: Path, ldir: Path, rel: s
         f"{settings['windows']} windows of {settings['block']} tokens from the validation split of "
         f"{settings['data']} (+{settings['eval_windows']} held out), batches of {settings['batch']} positions, "
         f"Adam lr {settings['lr']}, {threads or torch.get_num_threads()} thread(s)")
-    status_write(ldir, "running", step, total, f"computing residuals of {settings['windows']} windows", rel)
+    write_status(ldir, "running", f"computing residuals of {settings['windows']} windows", done=step, total=total,
+                 checkpoint=rel)
     t0 = time.monotonic()
     rows = residuals(model, fit_ids)  # (L+1, N, C)
     return _loop(model, lens, opt, rows, (fit_ids, eval_ids), step, settings, ldir, rel, should_stop, log,
@@ -250,8 +225,7 @@ def _loop(model: torch.nn.Module, lens: tl.TunedLens, opt: torch.optim.Optimizer
     loss = torch.zeros(())
     try:
         while step < total:
-            if should_stop() or (ldir / STOP_FILE).exists():
-                raise StopRequested
+            check_stop(ldir, should_stop)
             g = torch.Generator().manual_seed(settings["seed"] * 1_000_003 + step)
             idx = torch.randint(N, (settings["batch"],), generator=g)  # (B,) positions
             loss = tl.kl_loss(model, lens, rows[:, idx])  # (L,)
@@ -262,15 +236,14 @@ def _loop(model: torch.nn.Module, lens: tl.TunedLens, opt: torch.optim.Optimizer
             if step % save_every == 0 and step < total:
                 tl.save_fit_state(ldir / STATE_FILE, lens, opt, step, *windows, settings)
             if time.monotonic() - said >= STATUS_EVERY_S:
-                status_write(ldir, "running", step, total, f"step {step}/{total} · mean KL "
-                             f"{float(loss.detach().mean()):.3f} nats", rel)
+                write_status(ldir, "running", f"step {step}/{total} · mean KL {float(loss.detach().mean()):.3f} nats",
+                             done=step, total=total, checkpoint=rel)
                 said = time.monotonic()
     except StopRequested:
         tl.save_fit_state(ldir / STATE_FILE, lens, opt, step, *windows, settings)
-        (ldir / STOP_FILE).unlink(missing_ok=True)
-        msg = f"stopped at step {step}/{total}; start it again to resume"
-        status_write(ldir, "stopped", step, total, msg, rel)
-        return {"state": "stopped", "done": step, "total": total, "message": msg}
+        clear_stop(ldir)
+        return last_status(ldir, "stopped", f"stopped at step {step}/{total}; start it again to resume",
+                           done=step, total=total, checkpoint=rel)
     eval_rows = residuals(model, eval_ids)
     logit, tuned = held_out_kl(model, None, eval_rows), held_out_kl(model, lens, eval_rows)
     secs = time.monotonic() - t0
@@ -278,24 +251,19 @@ def _loop(model: torch.nn.Module, lens: tl.TunedLens, opt: torch.optim.Optimizer
                 held_out={"logit": logit, "tuned": tuned, "windows": int(eval_ids.size(0))})
     tl.save_lens(lens, ldir, meta)
     (ldir / STATE_FILE).unlink(missing_ok=True)
-    (ldir / STOP_FILE).unlink(missing_ok=True)
+    clear_stop(ldir)
     msg = (f"fitted in {secs:.0f} s: held-out KL per layer, logit lens "
            f"{' '.join(f'{v:.2f}' for v in logit[:-1])} -> tuned {' '.join(f'{v:.2f}' for v in tuned[:-1])} nats")
     log(msg)
-    status_write(ldir, "finished", total, total, msg, rel)
-    return {"state": "finished", "done": total, "total": total, "message": msg}
+    return last_status(ldir, "finished", msg, done=total, total=total, checkpoint=rel)
 
 
 # -- the CLI ----------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainers.fit_lens", description=(
+    p = job_parser("python -m trainers.fit_lens", (
         "Fit a tuned lens (one affine translator per layer, identity at the start) to a checkpoint on "
         "validation windows of its corpus, and write <run>/lens/. Resumes where it stopped; SIGTERM, Ctrl-C "
-        "or <run>/lens/STOP stop it."))
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--run", help="the run's name (a folder under the checkpoints root)")
-    what.add_argument("--path", help="a checkpoint folder or file that is in no run (an upload); needs --data")
-    p.add_argument("--root", help="the checkpoints root (default: $NANOLENS_CHECKPOINTS, else ./checkpoints)")
+        "or <run>/lens/STOP stop it."), path_help="a checkpoint folder or file that is in no run (an upload); needs --data")
     p.add_argument("--checkpoint", default="latest", help="with --run: latest (default), best, or a snapshot's iteration")
     p.add_argument("--data", help="corpus: shakespeare, shakespeare-repeats, python-docs or a .txt path "
                    "(default: the run's own)")
@@ -304,12 +272,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{k.replace('_', '-')}", type=int, help=f"{h} (default {DEFAULTS[k]}, or the saved fit's)")
     p.add_argument("--lr", type=float, help=f"Adam's learning rate (default {DEFAULTS['lr']})")
     p.add_argument("--save-every", type=int, default=SAVE_EVERY, help="steps between resumable saves")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores but one)")
-    p.add_argument("--fresh", action="store_true", help="forget a saved fit and a fitted lens, start over")
-    args = p.parse_args(argv)
-    for k in ("windows", "eval_windows", "steps", "batch", "threads", "save_every"):
-        if getattr(args, k) is not None and getattr(args, k) < 1:
-            p.error(f"--{k.replace('_', '-')} must be at least 1")
+    args = parse_job_args(p, argv, "forget a saved fit and a fitted lens, start over",
+                          ("windows", "eval_windows", "steps", "batch", "save_every"))
     if args.lr is not None and not args.lr > 0:
         p.error("--lr must be positive")
     return args
@@ -318,26 +282,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """The CLI; exit 0 (finished or stopped), 1 (refused or failed: the message says why), 2 (bad flags)."""
     args = parse_args(argv)
-    stop = {"asked": False}
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        print(f"{signal.Signals(signum).name}: stopping after this step", file=sys.stderr, flush=True)
-        stop["asked"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    threads = args.threads or default_threads()
-    torch.set_num_threads(threads)
-    try:
+    def job(threads: int, should_stop: Callable[[], bool], log: Callable[[str], None]) -> dict[str, Any]:
+        # (a ValueError is exit 1: LensFitError, a bad run name, a lens file that is not ours)
         ckpt = resolve_target(args.run, args.root, args.checkpoint, args.path)
-        st = run_fit(ckpt, args.data, args.fresh, should_stop=lambda: stop["asked"], log=lambda m: print(m, flush=True),
-                     save_every=args.save_every, threads=threads, windows=args.windows,
-                     eval_windows=args.eval_windows, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
-    except ValueError as e:  # LensFitError, a bad run name, a lens file that is not ours
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{st['state']}: {st['message']}", flush=True)
-    return 0
+        return run_fit(ckpt, args.data, args.fresh, should_stop=should_stop, log=log, save_every=args.save_every,
+                       threads=threads, windows=args.windows, eval_windows=args.eval_windows, steps=args.steps,
+                       batch=args.batch, lr=args.lr, seed=args.seed)
+
+    return run_job(args.threads, "this step", job)
 
 
 if __name__ == "__main__":

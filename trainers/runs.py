@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from gpt.checkpoint import LATEST, checkpoints_root, latest_dir
-from trainers.config import (PRESETS, RUN_CONFIG_FILE, TrainConfig, check_config, default_threads,
-                             validate_run_name)
+from trainers.config import PRESETS, RUN_CONFIG_FILE, TrainConfig, check_config, validate_run_name
+from trainers.machine import default_threads
 from trainers.runfolder import (LIVE_STATES, STATES, STOP_FILE, append_jsonl, clean_leftovers, get_dict,
                                 is_count, is_number, latest_iter, load_json, pid_alive, read_json,
                                 read_metrics, read_status, unreadable, write_json_atomic)

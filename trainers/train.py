@@ -24,8 +24,9 @@ import torch
 
 from gpt.checkpoint import latest_dir
 from trainers import runs
-from trainers.config import (PRESETS, RUN_CONFIG_FILE, TOKENIZERS, TrainConfig, cap_threads,
-                             default_threads, read_run_config, validate_run_name)
+from trainers.config import (PRESETS, RUN_CONFIG_FILE, TOKENIZERS, TrainConfig, read_run_config,
+                             validate_run_name)
+from trainers.machine import cap_threads, default_threads
 from trainers.runfolder import RunWriteError, clean_leftovers
 from trainers.runlock import RunLock
 

@@ -12,7 +12,7 @@ held-out validation windows: FVE, L0, dead (never fired there) and CE loss recov
 (CE_zero - CE_sae) / (CE_zero - CE_clean), with the hook's activation replaced by the SAE's
 reconstruction (sae) or by zeros (zero). At the end the feature index (gpt.sae_index).
 
-Run-folder machinery as the analysis job (trainers/analyze.py): an exclusive flock on
+Job-folder machinery as the other background jobs (trainers/jobcli.py): an exclusive flock on
 <sae>/.lock for the job's life, status.json replaced atomically, STOP / SIGTERM / SIGINT stop it
 after its step, and state.safetensors (SAE, Adam moments, step, dead counters; one file replaced
 atomically) every save_every steps and at a stop, so a job killed at any point (kill -9 included)
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -37,15 +36,15 @@ from gpt.checkpoint import load, resolve_checkpoint
 from gpt.edit import Edits
 from gpt.sae import SAE, SAEConfig, SAEError, check_hook, save_sae
 from gpt.sae_index import build_index, sae_path, save_index
-from trainers.config import default_threads
+from trainers.jobcli import (STATUS, BadSettings, StopRequested, check_stop, clear_stop, failure_recorded,
+                             job_lock, job_parser, last_status, parse_job_args, run_job, write_status)
 from trainers.runfolder import append_jsonl, read_json, write_json_atomic
-from trainers.runlock import RunBusy, RunLock
 from trainers.sae_state import METRICS, STATE
 from trainers.sae_state import load_state as _load_state
 from trainers.sae_state import save_state as _save_state
 from trainers.sae_state import truncate_metrics as _truncate_metrics
 
-STATUS, CONFIG, STOP_FILE, LOG = "status.json", "config.json", "STOP", "train_sae.log"
+CONFIG, LOG = "config.json", "train_sae.log"  # (status.json and STOP: trainers.jobcli's names)
 LOG_EVERY = 10
 
 
@@ -71,16 +70,6 @@ class SAETrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SAETrainConfig":
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
-
-class StopRequested(Exception):
-    pass
-
-
-def _status(d: Path, state: str, step: int, total: int, message: str, **extra: Any) -> None:
-    write_json_atomic(d / STATUS, {"state": state, "pid": os.getpid() if state == "running" else None,
-                                   "step": step, "total": total, "message": message, "updated_ts": time.time(),
-                                   **extra})
 
 
 def _windows(split: torch.Tensor, n: int, T: int, g: torch.Generator) -> torch.Tensor:
@@ -168,14 +157,8 @@ def train_sae(run_dir: str | os.PathLike, cfg: SAETrainConfig | None = None, nam
     if cfg is None:
         cfg = SAETrainConfig.from_dict(saved) if saved and not fresh else SAETrainConfig()
     d = sae_path(run_dir, name or cfg.hook)
-    d.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = RunLock.acquire(d)
-    except RunBusy:
-        raise SAEError(f"the SAE {d.name!r} of run {run_dir.name!r} is already training; stop it, or wait") from None
-    try:
-        if (read_json(d / STATUS) or {}).get("message") != "starting":
-            (d / STOP_FILE).unlink(missing_ok=True)  # a STOP left from before is stale
+    with job_lock(d, SAEError, busy=f"the SAE {d.name!r} of run {run_dir.name!r} is already training; stop it, or wait",
+                  unwritable="copy the run to a folder you can write"):
         if fresh:
             for f in (STATE, METRICS, "sae.json", "sae.safetensors", "index.json", "index.safetensors"):
                 (d / f).unlink(missing_ok=True)
@@ -193,16 +176,13 @@ def train_sae(run_dir: str | os.PathLike, cfg: SAETrainConfig | None = None, nam
             corpus = Corpus.load(get_dict(run_cfg, "train")["data"], tok, log=lambda _m: None)
         except AnalysisError as e:
             raise SAEError(str(e)) from None
-        try:
+
+        def failed(msg: str) -> None:  # at the step status.json last said
+            write_status(d, "failed", msg, step=int((read_json(d / STATUS) or {}).get("step") or 0), total=cfg.steps)
+
+        with failure_recorded(SAEError, failed):
             return _loop(d, model, ckpt, corpus.train, val.to(cfg.device), index_ids.to(cfg.device), cfg, data,
                          should_stop, log)
-        except BaseException as e:
-            msg = str(e) if isinstance(e, SAEError) else f"{type(e).__name__}: {e}"
-            st = read_json(d / STATUS) or {}
-            _status(d, "failed", int(st.get("step") or 0), cfg.steps, msg[:2000])
-            raise
-    finally:
-        lock.close()
 
 
 def _loop(d: Path, model: torch.nn.Module, ckpt: Path, train: torch.Tensor, val: torch.Tensor,
@@ -223,12 +203,10 @@ def _loop(d: Path, model: torch.nn.Module, ckpt: Path, train: torch.Tensor, val:
     log(f"SAE on {cfg.hook} of {ckpt}: {scfg.kind}, {scfg.n_latents} latents (x{cfg.expansion}), k={scfg.k}, "
         f"{cfg.steps} steps of {B * T} tokens from {data}, device {cfg.device}, {torch.get_num_threads()} threads")
     t0, step_t0 = time.monotonic(), step
-    stop_file = d / STOP_FILE
-    _status(d, "running", step, cfg.steps, f"step {step}/{cfg.steps}")
+    write_status(d, "running", f"step {step}/{cfg.steps}", step=step, total=cfg.steps)
     try:
         while step < cfg.steps:
-            if should_stop() or stop_file.exists():
-                raise StopRequested
+            check_stop(d, should_stop)
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             ids = _windows(train, B, T, g)[:, :-1].to(cfg.device)  # (B, T)
             x = hook_acts(model, ids, cfg.hook)  # (B*T, C)
@@ -252,7 +230,7 @@ def _loop(d: Path, model: torch.nn.Module, ckpt: Path, train: torch.Tensor, val:
                     "fve": 1 - float(out["mse"].detach()), "l0": float((out["z"] > 0).sum(-1).float().mean()),
                     "dead": float((since >= cfg.dead_tokens).float().mean()), "aux": float(out["aux"].detach()),
                     "lr": _lr(cfg, step - 1), "tokens_per_s": (step - step_t0) * B * T / max(el, 1e-9)})
-                _status(d, "running", step, cfg.steps, f"step {step}/{cfg.steps}")
+                write_status(d, "running", f"step {step}/{cfg.steps}", step=step, total=cfg.steps)
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 ev = evaluate(model, sae.eval(), val)
                 sae.train()
@@ -264,31 +242,27 @@ def _loop(d: Path, model: torch.nn.Module, ckpt: Path, train: torch.Tensor, val:
     except StopRequested:
         _save_state(d, sae, opt, step, since)
         save_sae(sae.eval(), d, checkpoint=ckpt, extra={"step": step, "finished": False})
-        stop_file.unlink(missing_ok=True)
-        msg = f"stopped at step {step}/{cfg.steps}; start it again to resume"
-        _status(d, "stopped", step, cfg.steps, msg)
-        return {"state": "stopped", "step": step, "total": cfg.steps, "message": msg}
+        clear_stop(d)
+        return last_status(d, "stopped", f"stopped at step {step}/{cfg.steps}; start it again to resume",
+                           step=step, total=cfg.steps)
     el = time.monotonic() - t0
-    _status(d, "running", step, cfg.steps, "building the feature index")
+    write_status(d, "running", "building the feature index", step=step, total=cfg.steps)
     ev = evaluate(model, sae.eval(), val)
     save_sae(sae, d, checkpoint=ckpt, extra={"step": step, "finished": True, "eval": ev,
                                              "train_seconds": round(el, 1), "tokens": step * B * T})
     save_index(d, build_index(model, sae, index_ids, meta={"hook": cfg.hook, "data": data}))
     _save_state(d, sae, opt, step, since)
-    stop_file.unlink(missing_ok=True)
+    clear_stop(d)
     msg = (f"trained {step} steps ({step * B * T:,} tokens) in {el:.0f} s: held-out FVE {ev['fve']:.3f}, "
            f"L0 {ev['l0']:.1f}, dead {ev['dead']:.1%}, CE loss recovered {ev['ce_recovered']:.3f}")
-    _status(d, "finished", step, cfg.steps, msg, eval=ev)
-    return {"state": "finished", "step": step, "total": cfg.steps, "message": msg, "eval": ev}
+    return last_status(d, "finished", msg, step=step, total=cfg.steps, eval=ev)
 
 
 # -- the CLI ------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainers.train_sae", description=(
+    p = job_parser("python -m trainers.train_sae", (
         "Train a sparse autoencoder on one hook of a run's model (activations streamed from the run's corpus) "
         "into <run>/sae/<name>/. Resumes where it stopped; SIGTERM, Ctrl-C or <sae>/STOP stop it."))
-    p.add_argument("--run", required=True, help="the run's name (a folder under the checkpoints root)")
-    p.add_argument("--root", help="the checkpoints root (default: $NANOLENS_CHECKPOINTS, else ./checkpoints)")
     p.add_argument("--hook", help="e.g. blocks.2.hook_resid_post (default that, or the saved config's)")
     p.add_argument("--name", help="the SAE's folder name under <run>/sae (default: the hook)")
     dflt = SAETrainConfig()
@@ -296,9 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if f.name != "hook":
             p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(dflt, f.name)),
                            help=f"(default {getattr(dflt, f.name)}, or the saved config's)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores but one)")
-    p.add_argument("--fresh", action="store_true", help="delete this SAE's results and start over")
-    return p.parse_args(argv)
+    return parse_job_args(p, argv, "delete this SAE's results and start over")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,16 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.runs import run_path
 
     args = parse_args(argv)
-    stop = {"asked": False}
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        print(f"{signal.Signals(signum).name}: stopping after this step", file=sys.stderr, flush=True)
-        stop["asked"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    torch.set_num_threads(args.threads or default_threads())
-    try:
+    def job(_threads: int, should_stop: Callable[[], bool], log: Callable[[str], None]) -> dict[str, Any]:
+        # (a ValueError is exit 1: SAEError, a bad run name)
         run_dir = run_path(args.run, args.root)
         name = args.name or args.hook
         saved = read_json(sae_path(run_dir, name or SAETrainConfig().hook) / CONFIG) if not args.fresh else None
@@ -323,16 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         given = {f.name: getattr(args, f.name) for f in fields(SAETrainConfig) if getattr(args, f.name, None) is not None}
         cfg = SAETrainConfig.from_dict({**base, **given})
         if cfg.steps < 1 or cfg.batch_tokens < 1 or cfg.expansion < 1:
-            print("error: --steps, --batch-tokens and --expansion must be at least 1", file=sys.stderr)
-            return 2
-        st = train_sae(run_dir, cfg, name=name, fresh=args.fresh, should_stop=lambda: stop["asked"],
-                       log=lambda m: print(m, flush=True))
-    except ValueError as e:  # SAEError, a bad run name
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{st['state']}: {st['message']}", flush=True)
-    print(json.dumps(st.get("eval", {})), flush=True)
-    return 0
+            raise BadSettings("--steps, --batch-tokens and --expansion must be at least 1")
+        return train_sae(run_dir, cfg, name=name, fresh=args.fresh, should_stop=should_stop, log=log)
+
+    return run_job(args.threads, "this step", job, report=lambda st: print(json.dumps(st.get("eval", {})), flush=True))
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import torch
 from gpt import checkpoint as ckpt  # module access, so tests can monkeypatch ckpt.snapshot_dir
 from gpt.config import GPTConfig
 from trainers import runs, runstate, runstatus
-from trainers.config import TrainConfig, check_config, get_lr, is_snapshot_iter, resolve_device
+from trainers.config import TrainConfig, check_config, get_lr, is_snapshot_iter
 from trainers.engine import Engine, end_process_group, start_process_group
+from trainers.machine import resolve_device
 from trainers.runfolder import has_trained
 from trainers.runlock import RunLock
 from trainers.runstatus import ETA_WARMUP

@@ -47,7 +47,7 @@ def train_estimate(cfg: "TrainConfig") -> "tuple[Estimate, StepCost | None, str 
     per (model shape with its guessed vocabulary, batch, threads, device, shards) and process: the
     page pays a few seconds once per distinct model. (estimate without time, None, why) when the
     timing failed; that is not cached, so the next rerun tries again."""
-    from trainers.config import default_threads, resolve_device
+    from trainers.machine import default_threads, resolve_device
     from trainers.estimate import estimate_run, run_model_config
 
     shape = tuple(sorted(run_model_config(cfg).to_dict().items()))

@@ -11,7 +11,8 @@ from app import catalog, components, live, resources, state, uploads
 from app.views import training as tv
 from gpt.checkpoint import latest_dir
 from trainers import runs
-from trainers.config import TrainConfig, check_config, cpu_cores, default_threads, preset_values
+from trainers.config import TrainConfig, check_config, preset_values
+from trainers.machine import cpu_cores, default_threads
 
 K, MSG, POLL_S = "_tr_", "_tr_msg", 1.0  # MSG: (level, text) shown after an action
 ss = st.session_state
