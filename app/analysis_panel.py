@@ -17,10 +17,7 @@ from typing import Any
 import streamlit as st
 
 from app import resources
-
-POLL_S = 1.0
-LIVE = ("starting", "running", "stopping")
-LEVELS = {"failed": "error", "interrupted": "warning"}
+from app.job_panel import LEVELS, LIVE, POLL_S, Button, controls, follow, polled, show_status
 
 
 def panel_text(status: dict[str, Any]) -> tuple[str, str]:
@@ -33,40 +30,21 @@ def panel_text(status: dict[str, Any]) -> tuple[str, str]:
     return LEVELS.get(state, "info"), f"{head} · {state}: {status['message']}"
 
 
-def _act(action: str, run_dir: str, key: str) -> None:
-    try:
-        st.session_state.pop(key + "_msg", None)
-        (resources.start_analysis if action == "start" else resources.stop_analysis)(run_dir)
-    except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
-        st.session_state[key + "_msg"] = f"Could not {action} the analysis: {e}"
-
-
 def _body(run_dir: str, key: str, was_live: bool) -> None:
     try:
         status = resources.analysis_status(run_dir)
     except (ValueError, OSError) as e:
         st.caption(f"No analysis for this folder: {e}")
         return
-    live = status["state"] in LIVE
-    if live != was_live:  # started (here or elsewhere): poll; ended: new curves, and no more polling
-        st.rerun()
-    level, text = panel_text(status)
-    getattr(st, level)(text)
-    if status.get("total"):
-        st.progress(min(1.0, (status.get("done") or 0) / status["total"]))
-    bar = st.container(horizontal=True)
-    if live:
-        bar.button("Stop analysis", key=key + "_stop", icon=":material/stop:", on_click=_act,
-                   args=("stop", run_dir, key), disabled=status["state"] == "stopping")
-    else:
-        complete = status["state"] == "finished" and status["done"] >= status["total"]
-        bar.button("Resume analysis" if status["done"] and not complete else "Start analysis", key=key + "_start",
-                   icon=":material/play_arrow:", on_click=_act, args=("start", run_dir, key),
-                   disabled=complete or not status["total"],
-                   help="Score every head of every snapshot over validation windows, in the background "
-                        "(python -m trainers.analyze); it resumes where it stopped")
-    if msg := st.session_state.get(key + "_msg"):
-        st.error(msg)
+    live = follow(status, was_live)  # started (here or elsewhere): poll; ended: new curves, and no more polling
+    show_status(*panel_text(status), status.get("done"), status.get("total"))
+    complete = status["state"] == "finished" and status["done"] >= status["total"]
+    controls(key, "the analysis", live, status["state"] == "stopping",
+             stop=Button("Stop analysis", lambda: resources.stop_analysis(run_dir)),
+             start=Button("Resume analysis" if status["done"] and not complete else "Start analysis",
+                          lambda: resources.start_analysis(run_dir), disabled=complete or not status["total"],
+                          help="Score every head of every snapshot over validation windows, in the background "
+                               "(python -m trainers.analyze); it resumes where it stopped"))
 
 
 def analysis_panel(run_dir: str | Path, key: str = "_an") -> None:
@@ -77,4 +55,7 @@ def analysis_panel(run_dir: str | Path, key: str = "_an") -> None:
         live = resources.analysis_status(run_dir)["state"] in LIVE
     except (ValueError, OSError):
         live = False
-    st.fragment(run_every=POLL_S if live else None)(_body)(run_dir, key, live)
+    polled(_body, live, run_dir, key)
+
+
+__all__ = ["analysis_panel", "panel_text", "POLL_S", "LIVE", "LEVELS"]

@@ -15,10 +15,7 @@ from typing import Any
 import streamlit as st
 
 from app import resources
-
-POLL_S = 1.0
-LIVE = ("starting", "running", "stopping")
-LEVELS = {"failed": "error", "interrupted": "warning"}
+from app.job_panel import LEVELS, LIVE, POLL_S, Button, controls, follow, polled, show_status
 
 
 def panel_text(status: dict[str, Any]) -> tuple[str, str]:
@@ -33,47 +30,27 @@ def panel_text(status: dict[str, Any]) -> tuple[str, str]:
     return LEVELS.get(state, "info"), f"{head} · {state}: {status['message']}"
 
 
-def _act(action: str, checkpoint: str, data: str | None, key: str) -> None:
-    try:
-        st.session_state.pop(key + "_msg", None)
-        if action == "start":
-            resources.start_lens(checkpoint, data)
-        else:
-            resources.stop_lens(checkpoint)
-    except (ValueError, OSError) as e:  # FileNotFoundError is an OSError
-        st.session_state[key + "_msg"] = f"Could not {action} the fit: {e}"
-
-
 def _body(checkpoint: str, corpus: str | None, key: str, was_live: bool) -> None:
     try:
         status = resources.lens_status(checkpoint)
     except (ValueError, OSError) as e:
         st.caption(f"No tuned lens for this checkpoint: {e}")
         return
-    live = status["state"] in LIVE
-    if live != was_live:  # started (here or elsewhere): poll; ended: the page shows the new lens
-        st.rerun()
-    level, text = panel_text(status)
-    getattr(st, level)(text)
-    if status.get("total"):
-        st.progress(min(1.0, (status.get("done") or 0) / status["total"]))
+    live = follow(status, was_live)  # started (here or elsewhere): poll; ended: the page shows the new lens
+    show_status(*panel_text(status), status.get("done"), status.get("total"))
     bar = st.container(horizontal=True)
-    if live:
-        bar.button("Stop fit", key=key + "_stop", icon=":material/stop:", on_click=_act,
-                   args=("stop", checkpoint, None, key), disabled=status["state"] == "stopping")
-    else:
-        data = corpus
-        if corpus is None:  # an upload: the user picks the text to fit on
-            data = bar.selectbox("Fit on corpus", resources.fit_corpora(), key=key + "_corpus",
-                                 help="This checkpoint names no training corpus; the fit reads validation "
-                                      "windows of the one you pick (its last 10%)")
-        resume = status["state"] in ("stopped", "interrupted") or status.get("resumable")
-        bar.button("Resume tuned-lens fit" if resume else "Fit tuned lens", key=key + "_start",
-                   icon=":material/play_arrow:", on_click=_act, args=("start", checkpoint, data, key),
-                   help="One affine translator per layer, fitted so each layer's readout matches the final "
-                        "distribution (python -m trainers.fit_lens); runs in the background on one thread")
-    if msg := st.session_state.get(key + "_msg"):
-        st.error(msg)
+    data = corpus
+    if corpus is None and not live:  # an upload: the user picks the text to fit on
+        data = bar.selectbox("Fit on corpus", resources.fit_corpora(), key=key + "_corpus",
+                             help="This checkpoint names no training corpus; the fit reads validation "
+                                  "windows of the one you pick (its last 10%)")
+    resume = status["state"] in ("stopped", "interrupted") or status.get("resumable")
+    controls(key, "the fit", live, status["state"] == "stopping", bar=bar,
+             stop=Button("Stop fit", lambda: resources.stop_lens(checkpoint)),
+             start=Button("Resume tuned-lens fit" if resume else "Fit tuned lens",
+                          lambda: resources.start_lens(checkpoint, data),
+                          help="One affine translator per layer, fitted so each layer's readout matches the final "
+                               "distribution (python -m trainers.fit_lens); runs in the background on one thread"))
 
 
 def lens_panel(state: "resources.LensState", key: str = "_lens") -> None:
@@ -83,4 +60,7 @@ def lens_panel(state: "resources.LensState", key: str = "_lens") -> None:
         live = resources.lens_status(state.checkpoint)["state"] in LIVE
     except (ValueError, OSError):
         live = False
-    st.fragment(run_every=POLL_S if live else None)(_body)(state.checkpoint, state.corpus, key, live)
+    polled(_body, live, state.checkpoint, state.corpus, key)
+
+
+__all__ = ["lens_panel", "panel_text", "POLL_S", "LIVE", "LEVELS"]

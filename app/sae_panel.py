@@ -13,46 +13,24 @@ from pathlib import Path
 import streamlit as st
 
 from app import resources
+from app.job_panel import LIVE, POLL_S, Button, controls, follow, polled, show_status
 from app.views import features as vf
 from gpt.sae_index import sae_path
 
-POLL_S = 1.0
-LIVE = ("starting", "running", "stopping")
 SITES = ("hook_resid_post", "hook_resid_mid", "hook_resid_pre", "hook_mlp_out", "hook_attn_out")
 
 
-def _act(action: str, run_dir: str, hook: str, key: str, steps: int, k: int) -> None:
-    try:
-        st.session_state.pop(key + "_msg", None)
-        if action == "start":
-            resources.start_sae(run_dir, hook, steps=steps, k=k)
-        else:
-            resources.stop_sae(run_dir, hook)
-    except (ValueError, OSError) as e:
-        st.session_state[key + "_msg"] = f"Could not {action} the SAE job: {e}"
-
-
-def _body(run_dir: str, hook: str, key: str, was_live: bool, steps: int, k: int) -> None:
+def _body(run_dir: str, hook: str, key: str, steps: int, k: int, was_live: bool) -> None:
     status = resources.sae_status(run_dir, hook)
-    live = status["state"] in LIVE
-    if live != was_live:
-        st.rerun()
+    live = follow(status, was_live)  # started: poll; ended: the SAE list picks up the new SAE
     level, text = vf.status_text(status)
-    getattr(st, level)(f"SAE on {hook} · {text}")
-    if status.get("total"):
-        st.progress(min(1.0, (status.get("step") or 0) / status["total"]))
-    bar = st.container(horizontal=True)
-    if live:
-        bar.button("Stop SAE training", key=key + "_stop", icon=":material/stop:", on_click=_act,
-                   args=("stop", run_dir, hook, key, steps, k), disabled=status["state"] == "stopping")
-    else:
-        resume = status["state"] in ("stopped", "interrupted")
-        bar.button("Resume SAE training" if resume else "Train SAE", key=key + "_start",
-                   icon=":material/play_arrow:", on_click=_act, args=("start", run_dir, hook, key, steps, k),
-                   help="Train a TopK SAE on this hook in the background (python -m trainers.train_sae, 1 thread); "
-                        "it resumes where it stopped")
-    if msg := st.session_state.get(key + "_msg"):
-        st.error(msg)
+    show_status(level, f"SAE on {hook} · {text}", status.get("step"), status.get("total"))
+    controls(key, "the SAE job", live, status["state"] == "stopping",
+             stop=Button("Stop SAE training", lambda: resources.stop_sae(run_dir, hook)),
+             start=Button("Resume SAE training" if status["state"] in ("stopped", "interrupted") else "Train SAE",
+                          lambda: resources.start_sae(run_dir, hook, steps=steps, k=k),
+                          help="Train a TopK SAE on this hook in the background (python -m trainers.train_sae, "
+                               "1 thread); it resumes where it stopped"))
     fig, points = vf.metrics_figure(resources.sae_metrics(str(sae_path(run_dir, hook))))
     if points:
         st.plotly_chart(fig, key=key + "_chart", width="stretch", config={"displaylogo": False})
@@ -74,4 +52,7 @@ def sae_panel(run_dir: str | Path, n_layer: int, key: str = "_sae") -> None:
     except (ValueError, OSError) as e:
         st.caption(f"No SAE jobs for this folder: {e}")
         return
-    st.fragment(run_every=POLL_S if live else None)(_body)(run_dir, hook, key, live, steps, k)
+    polled(_body, live, run_dir, hook, key, steps, k)
+
+
+__all__ = ["sae_panel", "SITES", "POLL_S", "LIVE"]

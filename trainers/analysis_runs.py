@@ -11,20 +11,15 @@ lock file). Nothing here imports torch or Streamlit.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from gpt.layout import analysis_dir, list_snapshots
-from trainers.runfolder import is_count, is_number, pid_alive, read_json, write_json_atomic
-from trainers.runlock import LOCK_ENV, RunBusy, RunLock, lock_held
-from trainers.runs import REPO_ROOT, run_path
+from trainers.job_runs import LIVE, STATES, common_fields, count, launch, read_status, request_stop, running_update
+from trainers.jobcli import STATUS, STOP_FILE
+from trainers.runs import run_path
 
-STATUS, STOP_FILE, LOG = "status.json", "STOP", "analyze.log"  # (trainers.analyze writes the same names)
-STATES = ("running", "finished", "stopped", "failed")  # what status.json may say
-LIVE = ("starting", "running", "stopping")
+LOG = "analyze.log"  # trainers.analyze's log; STATUS and STOP_FILE (trainers.jobcli's) stay importable from here
 
 
 def _run_dir(run: str, root: str | os.PathLike | None) -> Path:
@@ -49,30 +44,22 @@ def analysis_status(run: str, root: str | os.PathLike | None = None) -> dict[str
     d = _run_dir(run, root)
     adir = analysis_dir(d)
     iters = [it for it, _ in list_snapshots(d)]
-    st = read_json(adir / STATUS)
+    st = read_status(adir)
     out: dict[str, Any] = {"path": str(d), "pid": None, "updated_ts": None}
-    if st is None or st.get("state") not in STATES:
+    if st is None:
         done = _done(d, iters)
         word = "not analysed yet" if not done else f"{done} of {len(iters)} snapshots analysed"
         return dict(out, state="none", done=done, total=len(iters),
                     message=f"{word}: {len(iters)} snapshot{'s' * (len(iters) != 1)} to score" if iters
                     else "no snapshots to analyse")
-    out.update(state=st["state"], pid=st.get("pid") if is_count(st.get("pid"), 1) else None,
-               message=str(st.get("message", ""))[:2000],
-               updated_ts=st.get("updated_ts") if is_number(st.get("updated_ts")) else None)
-    held = lock_held(adir)
+    out.update(common_fields(st))
     if st["state"] == "running":
-        alive = held if held is not None else pid_alive(out["pid"])
-        done = st.get("done") if is_count(st.get("done")) else _done(d, iters)
-        total = st.get("total") if is_count(st.get("total")) else len(iters)
-        if not alive:
-            done = _done(d, iters)
-            return dict(out, state="interrupted", done=done, total=len(iters), pid=None,
-                        message=f"the analysis process ({out['pid']}) is gone (killed or crashed: see "
-                                f"analysis/{LOG}) at {done}/{len(iters)} snapshots; start it again to resume")
-        if (adir / STOP_FILE).exists():
-            return dict(out, state="stopping", done=done, total=total, message="stop requested")
-        return dict(out, done=done, total=total)
+        files = _done(d, iters)  # what is written: the progress of a job that is gone
+        now = running_update(adir, out["pid"], f"the analysis process ({out['pid']}) is gone (killed or crashed: "
+                             f"see analysis/{LOG}) at {files}/{len(iters)} snapshots; start it again to resume")
+        if now.get("state") == "interrupted":
+            return dict(out, done=files, total=len(iters), **now)
+        return dict(out, done=count(st, "done", files), total=count(st, "total", len(iters)), **now)
     done = _done(d, iters)
     if st["state"] == "finished" and done < len(iters):
         out["message"] = (f"{len(iters) - done} snapshot{'s' * (len(iters) - done != 1)} not analysed yet "
@@ -86,34 +73,14 @@ def start_analysis(run: str, root: str | os.PathLike | None = None, windows: int
     status. ValueError when it cannot start: a bad name, no snapshots, already running, or a folder
     that cannot be written. threads: the job's torch threads (1 leaves a core to the app)."""
     d = _run_dir(run, root)
-    if not list_snapshots(d):
+    total = len(list_snapshots(d))
+    if not total:
         raise ValueError(f"run {run!r} has no snapshots to analyse; train it with snapshots on (the default)")
-    adir = analysis_dir(d)
-    try:
-        adir.mkdir(exist_ok=True)
-        lock = RunLock.acquire(adir, wait_s=1.0)
-    except RunBusy:
-        raise ValueError(f"the analysis of run {run!r} is already running; stop it, or wait for it") from None
-    except OSError as e:
-        raise ValueError(f"cannot write {adir} ({e.strerror or e}); copy the run to a folder you can write") from None
-    try:
-        (adir / STOP_FILE).unlink(missing_ok=True)
-        st = read_json(adir / STATUS) or {}
-        write_json_atomic(adir / STATUS, {
-            "state": "running", "pid": None, "done": st.get("done") if is_count(st.get("done")) else 0,
-            "total": len(list_snapshots(d)), "message": "starting", "updated_ts": time.time()})
-        argv = [sys.executable, "-m", "trainers.analyze", "--run", d.name, "--root", str(d.parent),
-                "--threads", str(threads)] + (["--windows", str(windows)] if windows else [])
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(threads), **{LOCK_ENV: str(lock.fd)})
-        with open(adir / LOG, "ab") as log:
-            proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                    pass_fds=(lock.fd,))
-        st = read_json(adir / STATUS) or {}
-        if st.get("pid") is None and st.get("message") == "starting":  # the child writes its own soon
-            write_json_atomic(adir / STATUS, dict(st, pid=proc.pid))
-    finally:
-        lock.close()  # the child holds it now
+    launch(analysis_dir(d), "trainers.analyze",
+           ["--run", d.name, "--root", str(d.parent)] + (["--windows", str(windows)] if windows else []),
+           LOG, threads, lambda prev: {"done": count(prev, "done"), "total": total},
+           busy=f"the analysis of run {run!r} is already running; stop it, or wait for it",
+           unwritable="copy the run to a folder you can write")
     return analysis_status(run, root)
 
 
@@ -122,14 +89,7 @@ def stop_analysis(run: str, root: str | os.PathLike | None = None, wait: bool = 
     """Ask a running analysis to stop (analysis/STOP): it finishes its chunk of windows, keeps every
     snapshot already written and says "stopped". With wait, poll until it has (or `timeout`
     seconds pass). Returns its status; a job that is not running is left as it is."""
-    st = analysis_status(run, root)
-    if st["state"] not in LIVE:
-        return st
-    (analysis_dir(st["path"]) / STOP_FILE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-    deadline = time.monotonic() + (timeout if wait else 0.0)
-    while (st := analysis_status(run, root))["state"] in LIVE and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return st
+    return request_stop(lambda: analysis_status(run, root), lambda st: analysis_dir(st["path"]), wait, timeout)
 
 
 __all__ = ["analysis_status", "start_analysis", "stop_analysis", "STATES", "LIVE"]
