@@ -1,5 +1,6 @@
 """Locating and loading the peers we compare against: karpathy/nanoGPT's model.py, and a separate
-virtual environment with TransformerLens 2.x (for bench_patching; see `transformerlens_python`).
+virtual environment with TransformerLens 2.x (for bench_patching; see `transformerlens_python`), and
+one with SAELens (for bench_sae's side by side; see `saelens_python`).
 
 nanoGPT's code is never committed here. It is looked up, in order, in
   1. $NANOGPT_DIR  (a folder holding nanoGPT's model.py, and usually train.py), when it is set;
@@ -121,3 +122,31 @@ def transformerlens_how_to_get() -> str:
     """What to print when the TransformerLens venv is missing."""
     env = os.environ.get("TRANSFORMERLENS_VENV")
     return (f"TRANSFORMERLENS_VENV={env} holds no bin/python.\n" if env else "") + TL_HOW_TO_GET
+
+
+# -- SAELens: a separate venv, run as a script (bench/saelens_peer.py) ------------------------------------
+SAELENS_HOW_TO_GET = (
+    "SAELens peer not found: set SAELENS_PYTHON to the python of a venv with sae-lens. The SAELens\n"
+    "comparison is skipped. To run it, make such a venv (git-ignored .devwork/ is a good place),\n"
+    "torch first and pinned so pip does not pull a CUDA build:\n"
+    "    python3 -m venv .devwork/saelens-venv && .devwork/saelens-venv/bin/pip install torch==2.13.0\n"
+    "    .devwork/saelens-venv/bin/pip install sae-lens\n"
+    "    SAELENS_PYTHON=.devwork/saelens-venv/bin/python .venv/bin/python -m bench.bench_sae"
+)
+
+
+def saelens_python() -> Path | None:
+    """The python named by $SAELENS_PYTHON when it is set and is a file, else None. There is no
+    default place: the comparison takes minutes, so it runs only when asked for. Whether sae_lens
+    imports there is bench/saelens_peer.py's to say."""
+    env = os.environ.get("SAELENS_PYTHON")
+    if not env:
+        return None
+    py = Path(env).expanduser()
+    return py.absolute() if py.is_file() else None
+
+
+def saelens_how_to_get() -> str:
+    """What to print when $SAELENS_PYTHON is unset or names no file."""
+    env = os.environ.get("SAELENS_PYTHON")
+    return (f"SAELENS_PYTHON={env} is not a file.\n" if env else "") + SAELENS_HOW_TO_GET
