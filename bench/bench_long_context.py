@@ -4,13 +4,19 @@ shaped model (12 layers, 12 heads, 768 wide, vocab 50257, random weights) at T=1
 Goals (issue 17, part 3): the page's first figures ready in <= 5 s server-side on this CPU (<= 1 s
 on a GPU), and <= 5 MB sent to the browser for the whole page.
 
-Timed, as the page runs them after a prompt change (app/screens/attention.py):
-  first figures   AttentionTrace up to the open layer, the overview PNG, the zoomed pattern and
-                  scores heatmaps (serialised as st.plotly_chart does); for layer 0 (the page's
-                  default) and the last layer (the worst case: every block runs first);
-  whole page      the rest: every layer's digest, the grid PNG and its Vega spec, the strip, the
-                  overlays, the summary; with the bytes of what the server sends, counted here
-                  (figure JSON, PNGs, HTML), which the Chromium measurement below checks.
+Timed, as the page runs them after a prompt change (app/screens/attention.py), on a fresh trace:
+  first figures   AttentionTrace to the open layer (the blocks before it fused, nothing recorded;
+                  the open layer's block up to its pattern, digested), the overview PNG, the zoomed
+                  pattern and scores heatmaps (serialised as st.plotly_chart does); for layer 0 (the
+                  page's default) and the last layer (the worst case: every other block runs first);
+  whole page      first figures plus the rest: the second pass (every other layer's digest), the
+                  grid PNG and its Vega spec, the strip, the overlays, the summary; with the bytes of
+                  what the server sends, counted here (figure JSON, PNGs, HTML), which the Chromium
+                  measurement below checks;
+  other layer     then, on the same (cached) trace, opening the other end layer (last or 0): its
+                  pattern and the first figures again, as the page's rerun after a layer change.
+--profile prints torch.profiler's table of the last layer's first figures (CPU, and CUDA kernels on
+a GPU): where the time goes.
 With --browser, the page is opened in Chromium on a saved checkpoint of the same model and every
 websocket frame received is summed (page.on("websocket") -> framereceived). Where `circuitsvis` is
 importable, the size of circuitsvis.attention.attention_heads' HTML for the same 12 heads at the same
@@ -18,6 +24,7 @@ T is reported beside it; otherwise that comparison is skipped. Without plotly/PI
 only the trace and the pooling are timed.
 
     .venv/bin/python -m bench.bench_long_context [--quick] [--T 1024] [--threads 2] [--device cpu|cuda] [--browser]
+        [--profile]
 """
 from __future__ import annotations
 
@@ -48,29 +55,37 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def first_figures(tr: AttentionTrace, layer: int, full: bool) -> int:
+    """The page's first figures for `layer` from the trace: bytes counted (0 without plotly/PIL,
+    where only the overview's pooling runs)."""
+    T = tr.T
+    p = tr.pattern(layer)  # (H, T, T)
+    top = float(tr.digest(layer).tops[0])
+    if not full:
+        block_max(p[0], 256)
+        return 0
+    import plotly.io as pio
+
+    from app.views import attention_long as val
+    labels = [f"{i}:t" for i in range(T)]
+    window = val.zoom_window(T, T - 1)
+    ov = val.overview(p[0], top, window)
+    figs = [val.crop_figure(p[0], labels, window, "p", "pattern", top),
+            val.crop_figure(tr.scores(layer)[0], labels, window, "s", "scores")]
+    return len(ov.png) + sum(len(pio.to_json(f, validate=False)) for f in figs)
+
+
 def page_parts(model: GPT, ids: list[int], layer: int, device: str, full: bool) -> Callable[[], dict[str, float]]:
-    """fn() -> {first_s, page_s, bytes}: one prompt change's work on the page, opened at `layer`
-    (full=False: only the trace and pooling, for a machine without the app's packages)."""
+    """fn() -> {first_s, page_s, other_s, bytes}: one prompt change's work on the page, opened at
+    `layer`, then the other end layer opened on the same trace (full=False: only the trace and
+    pooling, for a machine without the app's packages)."""
     T = len(ids)
+    other = model.config.n_layer - 1 if layer == 0 else 0
 
     def run() -> dict[str, float]:
         t0 = time.perf_counter()
         tr = AttentionTrace(model, ids)
-        p = tr.pattern(layer)  # (H, T, T)
-        top = float(tr.digest(layer).tops[0])
-        n = 0
-        if full:
-            import plotly.io as pio
-
-            from app.views import attention_long as val
-            labels = [f"{i}:t" for i in range(T)]
-            window = val.zoom_window(T, T - 1)
-            ov = val.overview(p[0], top, window)
-            figs = [val.crop_figure(p[0], labels, window, "p", "pattern", top),
-                    val.crop_figure(tr.scores(layer)[0], labels, window, "s", "scores")]
-            n += len(ov.png) + sum(len(pio.to_json(f, validate=False)) for f in figs)
-        else:
-            block_max(p[0], 256)
+        n = first_figures(tr, layer, full)
         _sync(device)
         t1 = time.perf_counter()
         digests = tr.digests()
@@ -80,10 +95,14 @@ def page_parts(model: GPT, ids: list[int], layer: int, device: str, full: bool) 
             from app.views import attention as va
             from app.views import attention_heads as vah
             from app.views import attention_long as val
+            p = tr.pattern(layer)  # (H, T, T), kept from the first figures
+            labels = [f"{i}:t" for i in range(T)]
             png, px = val.grid_png(val.grid_levels(digests, T))
             summ = {k: torch.stack([getattr(d, k) for d in digests]) for k in ("entropy", "prev_token", "first_token")}
             import json
-            n += len(json.dumps(val.grid_image_spec(png, 12, 12, px, selected=(layer, 0), summary=summ)))
+            cfg = model.config
+            n += len(json.dumps(val.grid_image_spec(png, cfg.n_layer, cfg.n_head, px, selected=(layer, 0),
+                                                    summary=summ)))
             row = p[0, T - 1]
             figs = [vah.token_strip([f"t{i}" for i in range(128)], row[-128:], T - 1, start=T - 128),
                     va.attention_bar_figure(labels, row, T - 1),
@@ -94,8 +113,25 @@ def page_parts(model: GPT, ids: list[int], layer: int, device: str, full: bool) 
             n += len(va.attention_html([f"t{i}" for i in range(T)], row, T - 1))
         _sync(device)
         t2 = time.perf_counter()
-        return {"first_s": t1 - t0, "page_s": t2 - t0, "bytes": n}
+        first_figures(tr, other, full)
+        _sync(device)
+        return {"first_s": t1 - t0, "page_s": t2 - t0, "other_s": time.perf_counter() - t2, "bytes": n}
     return run
+
+
+def profile_first(model: GPT, ids: list[int], layer: int, device: str, full: bool) -> None:
+    """torch.profiler's table (top 15 by self time) of one fresh trace's first figures at `layer`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        first_figures(AttentionTrace(model, ids), layer, full)
+        _sync(device)
+    key = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    try:
+        print(prof.key_averages().table(sort_by=key, row_limit=15))
+    except (AttributeError, KeyError):  # an older torch names device time self_cuda_time_total
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 def browser_payload(model: GPT, T: int) -> float | str:
@@ -159,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the app's default here: 2)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--browser", action="store_true", help="also measure the payload in Chromium")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler table of the last layer's first figures")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     reps = 1 if args.quick else args.reps
@@ -172,17 +209,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ids = torch.randint(50257, (args.T,), generator=torch.Generator().manual_seed(1)).tolist()
     rows, res, goals = [], {}, []
     budget = GPU_S if args.device.startswith("cuda") else CPU_S
-    for layer in (0, 11):
+    last = model.config.n_layer - 1
+    for layer in (0, last):
         fn = page_parts(model, ids, layer, args.device, full)
         fn()  # warm-up
         samples = [fn() for _ in range(reps)]
         first = statistics.median(s["first_s"] for s in samples)
         whole = statistics.median(s["page_s"] for s in samples)
-        res[f"layer {layer}"] = {"first_s": first, "page_s": whole, "bytes": samples[-1]["bytes"]}
-        rows.append([f"layer {layer}", first, whole, round(samples[-1]["bytes"] / 1e3)])
+        other = statistics.median(s["other_s"] for s in samples)
+        res[f"layer {layer}"] = {"first_s": first, "page_s": whole, "other_s": other, "bytes": samples[-1]["bytes"]}
+        rows.append([f"layer {layer}", first, whole, other, round(samples[-1]["bytes"] / 1e3)])
         goals.append(goal(f"first figures at T={args.T}, layer {layer} open ({args.device}, {args.threads} threads)",
                           f"{first:.2f} s", None, None, f"<= {budget:g} s", first <= budget,
-                          f"whole page {whole:.2f} s; median of {reps}, wall clock"))
+                          f"whole page {whole:.2f} s, then layer {last if layer == 0 else 0} opened in "
+                          f"{other:.2f} s; median of {reps}, wall clock"))
+    if args.profile:
+        profile_first(model, ids, last, args.device, full)
     if args.browser and not args.quick:
         mb = browser_payload(model.cpu(), args.T)
         res["browser_mb"] = mb
@@ -195,7 +237,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"Attention page, GPT-2-small shape, T={args.T}, {args.device}, {args.threads} torch thread(s), "
           f"median of {reps}, load average {m['loadavg_1m']} on {m['cores']} cores"
           + ("" if full else " (no plotly/PIL here: trace and pooling only)"))
-    print(table(["open layer", "first figures s", "whole page s", "KB sent (server-side count)"], rows))
+    print(table(["open layer", "first figures s", "whole page s", "other end layer s",
+                 "KB sent (server-side count)"], rows))
     print(f"Chromium payload: {res.get('browser_mb', 'not measured (--browser)')}; "
           f"CircuitsVis attention_heads HTML: {cv if isinstance(cv, str) else f'{cv:.1f} MB'}")
     return {"machine": m, "T": args.T, "device": args.device, "results": res, "goals": goals}

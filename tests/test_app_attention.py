@@ -1,7 +1,8 @@
 """The Attention page's interaction under AppTest with the tiny trained run (2 layers, 2 heads):
 the chosen query drives the strip, the rows and the head view; several heads are overlaid, each in
 its own colour, with the values of a recorded forward; the head view draws lines for short prompts;
-layer, head and zoom are keyboard-operable widgets bound to the shared state. Clicks themselves
+layer, head and zoom are keyboard-operable widgets bound to the shared state; opened at the last
+layer, the grid follows the first figures with the recorded head scores. Clicks themselves
 (Plotly selections, the Vega grid) are decoded by pure functions tested in
 test_views_attention_long.py and driven in Chromium by tests/e2e/test_attention*.py."""
 from __future__ import annotations
@@ -19,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.views import attention_heads as vah
 from gpt.checkpoint import load
+from gpt.heads import prompt_head_scores
 from gpt.record import Recorder
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
@@ -129,3 +131,40 @@ def test_layer_head_and_zoom_are_keyboard_widgets_on_the_shared_state(root: Path
     # every plotly chart keeps its modebar on hover: Download plot as PNG stays available
     configs = [json.loads(c.proto.config) if c.proto.config else {} for c in at.get("plotly_chart")]
     assert configs and all(c.get("displayModeBar") == "hover" for c in configs)
+
+
+def in_order(node: Any) -> list[Any]:
+    """The page's elements in the order they were drawn (AppTest's tree, depth first)."""
+    kids = getattr(node, "children", None)
+    if not kids:
+        return [node]
+    return [e for k in sorted(kids) for e in in_order(kids[k])]
+
+
+def test_the_grid_follows_the_first_figures_opened_at_the_last_layer(root: Path) -> None:
+    """Opened at the last layer on a fresh prompt (nothing cached), the first figures come first, then
+    the all-heads grid from the trace's second pass, its tooltips holding every layer's head scores as
+    a full recorded forward gives them."""
+    prompt = PROMPT[::-1]  # a prompt no other test has traced
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.run()
+    at.switch_page("screens/attention.py")
+    at.session_state["prompt"] = prompt
+    at.session_state["layer"] = 1
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [h.value for h in at.header] == ["layer 1, head 0"]
+    drawn = in_order(at.main)
+    kinds = [(e.type, getattr(e.proto, "id", "")) for e in drawn]
+    first = next(i for i, (t, key) in enumerate(kinds) if t == "plotly_chart" and key.endswith("attn_pattern"))
+    grid = next(i for i, (t, _) in enumerate(kinds) if t == "vega_lite_chart")
+    assert first < grid  # the grid is drawn after the open layer's figures
+    spec = json.loads(drawn[grid].proto.spec)
+    assert spec["layer"][0]["data"]["values"][0]["url"].startswith("data:image/png;base64,")
+    rec, _ = patterns(root, prompt)
+    want = prompt_head_scores([rec[f"blocks.{i}.attn.hook_pattern"][0] for i in range(2)])  # (L, H) each
+    rects = spec["layer"][1]["data"]["values"]
+    assert len(rects) == 4  # 2 layers x 2 heads
+    for r in rects:
+        for k in ("entropy", "prev_token", "first_token"):
+            assert abs(r[k] - float(want[k][r["layer"], r["head"]])) <= 1e-3, (r, k)

@@ -1,7 +1,9 @@
 """The long-context Attention views and the lazy per-layer trace behind them, against independent
 references: block-max pooling against a per-block loop, the zoom crop against the recorded pattern's
-slice, AttentionTrace against a full recorded forward (with and without an edit), the PNGs decoded
-back to their levels, the grid's click overlay, and the BertViz-style head view's lines."""
+slice, AttentionTrace against a full recorded forward (with and without an edit): the open layer
+alone first (the blocks before it fused, nothing after its pattern computed), the other layers'
+digests in the second pass; the PNGs decoded back to their levels, the grid's click overlay, and the
+BertViz-style head view's lines."""
 from __future__ import annotations
 
 import io
@@ -16,6 +18,7 @@ from PIL import Image
 from app.views import attention_heads as vah
 from app.views import attention_long as val
 from gpt.attention_trace import AttentionTrace, block_max, pattern_tops
+from gpt.heads import head_scores_from_pattern
 from gpt.config import GPTConfig
 from gpt.edit import Edits
 from gpt.model import GPT
@@ -71,16 +74,73 @@ def test_trace_equals_a_full_recorded_forward(model: GPT, use_edit: bool) -> Non
     edit = Edits().ablate_heads(0, [1]) if use_edit else None
     rec = recorded(model, ids, edit)
     tr = AttentionTrace(model, ids, edit)
-    assert tr.pattern(0).shape == (4, 80, 80) and tr.layers_run == 1  # lazy: only layer 0 so far
+    assert tr.pattern(0).shape == (4, 80, 80) and tr.layers_run == 0 and tr.digested == (0,)  # lazy: layer 0 only
     for layer in (2, 0, 1, 2):  # out of order, and again after its pattern was dropped (KEEP_LAYERS=2)
         torch.testing.assert_close(tr.pattern(layer), rec[f"blocks.{layer}.attn.hook_pattern"][0])
         torch.testing.assert_close(tr.scores(layer), rec[f"blocks.{layer}.attn.hook_attn_scores"][0])
     d = tr.digests()
     assert len(d) == 3
-    p1 = rec["blocks.1.attn.hook_pattern"][0]
-    assert torch.equal(d[1].thumbs, block_max(p1, tr.thumb_side))
+    p1 = rec["blocks.1.attn.hook_pattern"][0]  # (H, T, T); T=80 > 64: pooled
+    # the blocks before an open layer run fused (SDPA): equal to the recorded path within float error
+    torch.testing.assert_close(d[1].thumbs, block_max(p1, tr.thumb_side), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(d[1].tops, p1[:, 1:].amax(dim=(-1, -2)))
     torch.testing.assert_close(d[1].prev_token, p1.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1))
+
+
+def digest_parts(p: torch.Tensor, side: int) -> dict[str, torch.Tensor]:
+    """A layer's digest straight from its recorded patterns (H, T, T): the independent reference."""
+    return {"thumbs": block_max(p, side), "tops": pattern_tops(p), **head_scores_from_pattern(p)}
+
+
+def assert_digest(d, p: torch.Tensor, side: int) -> None:
+    for k, want in digest_parts(p, side).items():
+        torch.testing.assert_close(getattr(d, k), want, atol=1e-5, rtol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("use_edit", [False, True])
+@pytest.mark.parametrize("open_layer", [0, 1, 2])
+def test_the_open_layer_alone_first_then_the_others_as_a_full_recording(model: GPT, use_edit: bool,
+                                                                          open_layer: int) -> None:
+    """Opening a layer on a fresh trace digests that layer alone, its pattern and scores equal to a
+    full recorded forward's (the blocks before it ran fused); the second pass then gives every other
+    layer's digest as the full recording's patterns give it, and the open layer's is unchanged."""
+    ids = torch.randint(50, (90,), generator=torch.Generator().manual_seed(4)).tolist()
+    edit = Edits().ablate_heads(0, [1, 2]).ablate_mlp(1, "mean") if use_edit else None
+    rec = recorded(model, ids, edit)
+    tr = AttentionTrace(model, ids, edit, thumb_side=16)  # 90 tokens pooled to 16 x 16: real block-max
+    p = rec[f"blocks.{open_layer}.attn.hook_pattern"][0]  # (H, T, T)
+    torch.testing.assert_close(tr.pattern(open_layer), p, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tr.scores(open_layer), rec[f"blocks.{open_layer}.attn.hook_attn_scores"][0],
+                               atol=1e-5, rtol=1e-5)
+    assert tr.digested == (open_layer,) and tr.layers_run == open_layer  # no other layer digested yet
+    first = tr.digest(open_layer)
+    assert_digest(first, p, 16)
+    d = tr.digests()
+    assert tr.digested == (0, 1, 2) and d[open_layer] is first
+    for layer in range(3):
+        assert_digest(d[layer], rec[f"blocks.{layer}.attn.hook_pattern"][0], 16)
+
+
+def test_the_open_layer_stops_at_its_pattern(model: GPT) -> None:
+    """Nothing after the open layer's pattern runs (its MLP is never called) until a later layer
+    needs that block's output; an identity edit counts the calls and changes nothing."""
+    calls: list[int] = []
+
+    def seen(layer: int):
+        def fn(a: torch.Tensor) -> torch.Tensor:
+            calls.append(layer)
+            return a
+        return fn
+    count = Edits({f"blocks.{i}.mlp.hook_pre": seen(i) for i in range(3)})
+    ids = torch.randint(50, (40,), generator=torch.Generator().manual_seed(5)).tolist()
+    tr = AttentionTrace(model, ids, count)
+    tr.pattern(1)
+    assert calls == [0]  # block 0 ran through to its output; block 1 stopped after its pattern
+    tr.digests()
+    assert calls == [0, 1]  # block 1's output for layer 2's input; block 2's MLP never needed
+    plain = AttentionTrace(model, ids)
+    for layer in range(3):
+        torch.testing.assert_close(tr.pattern(layer), plain.pattern(layer))
 
 
 def test_trace_refuses_empty_and_too_long(model: GPT) -> None:

@@ -33,7 +33,8 @@ def attention_trace(insp: Inspection) -> AttentionTrace:
 
 def attention_grid(insp: Inspection) -> tuple[bytes, int]:
     """The all-heads grid's composite PNG and its pixels per head (app.views.attention_long.grid_png
-    of every layer's digest); runs the remaining blocks on first use. Cached with the trace."""
+    of every layer's digest); runs the trace's second pass (AttentionTrace.digests) on first use.
+    Cached with the trace."""
     return _attention_cache().get(("grid", *_key(insp)),
                                   lambda: val.grid_png(val.grid_levels(attention_trace(insp).digests(), insp.T)))
 

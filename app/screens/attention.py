@@ -4,10 +4,11 @@ attends to it, heads compared in colour (and BertViz's head view for short promp
 a glance (click one to open it), and a per-head summary.
 
 Widgets and layout only; figures come from app.views.attention*, the lazy per-layer attention from
-app.resources.attention_trace: the open layer is computed first, so its figures are on screen
-before later layers (for the grid and the summary) have run. Sections with widgets live in
-app.attention_sections. Every Plotly chart keeps its modebar (Download plot as PNG) on hover; the
-CSS below only takes its buttons out of the keyboard's tab order.
+app.resources.attention_trace: the open layer alone is computed first (the blocks before it run
+fused, without their patterns), so its figures are on screen before the second pass digests every
+other layer for the grid and the summary. Sections with widgets live in app.attention_sections.
+Every Plotly chart keeps its modebar (Download plot as PNG) on hover; the CSS below only takes its
+buttons out of the keyboard's tab order.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ st.markdown(va.attention_legend_html(row, query), unsafe_allow_html=True)
 sec.strip(insp, row, query, window)
 sec.chart(va.attention_bar_figure(labels, row, query), "attn_query_bar")
 sec.compare_heads(insp, pattern, query)
-digests = trace.digests()  # runs the layers after the open one
+with st.spinner("Every layer's heads, for the grid and the summary…"):
+    digests = trace.digests()  # the second pass: every other layer's pattern, digested
 scores = {k: torch.stack([getattr(d, k) for d in digests]) for k in ("entropy", "prev_token", "first_token")
           } if T > 1 else {}
 sec.grid(insp, scores)

@@ -72,6 +72,11 @@ def test_attention_at_1024_tokens_is_small_and_zooms(page, app_server, gpt2_smal
     box.fill(long_text())
     box.press("Control+Enter")
     wait_for_app(page, timeout_ms=SLOW_MS)
+    # the whole page, not only the first figures: the grid's caption (64×64 cells at this length; the
+    # previous, short prompt's says fewer) is drawn after the trace's second pass; under load the
+    # rerun may start after wait_for_app's settle time, so wait for it explicitly
+    expect(page.get_by_text(re.compile(r"block-max pooled to 64×64 cells"))).to_be_visible()
+    wait_for_app(page, timeout_ms=SLOW_MS)
     assert_no_exception(page)
     expect(page.get_by_text(re.compile(r"only the last 1024 are used"))).to_be_visible()
     expect(page.get_by_role("heading", name="layer 0, head 0")).to_be_visible()
