@@ -104,6 +104,7 @@ def grid(insp: Inspection, summary: dict[str, torch.Tensor]) -> None:
     spec = val.grid_image_spec(png, L, H, px, selected=(insp.layer, insp.head), summary=summary)
     st.vega_lite_chart(spec, on_select=functools.partial(components.open_head, va.grid_pick, key, L, H),
                        selection_mode=val.GRID_PARAM, key=key, theme=None, width="content")
+    components.png_button(spec, f"attention-grid-{L}x{H}", key="_at_grid_png")
 
 
 def summary(insp: Inspection, scores: dict[str, torch.Tensor]) -> None:

@@ -126,6 +126,7 @@ def test_layer_head_and_zoom_are_keyboard_widgets_on_the_shared_state(root: Path
     rec, _ = patterns(root)
     torch.testing.assert_close(arr(pattern["z"]), rec["blocks.1.attn.hook_pattern"][0, 1])
     assert at.get("vega_lite_chart"), "the all-heads grid is missing"
+    assert "_at_grid_png" in {b.key for b in at.download_button}  # the grid saves as a PNG (drawn on click)
     assert not at.number_input  # a short prompt needs no zoom controls
     assert any("computed in" in c.value for c in at.caption)
     # every plotly chart keeps its modebar on hover: Download plot as PNG stays available

@@ -4,6 +4,7 @@ Vega-Lite spec dict with its data beside it works too, and external data is refu
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -85,3 +86,20 @@ def test_external_data_and_non_charts_are_refused_with_a_message() -> None:
         figure_png.to_png({"data": {"url": "https://example.com/x.json"}, "mark": "point"})
     with pytest.raises(TypeError, match="pass an Altair chart or a Vega-Lite spec dict"):
         figure_png.to_png(object())
+
+
+def test_the_attention_grid_spec_renders_its_image_and_overlay() -> None:
+    """The Attention page's all-heads grid (a Vega-Lite spec over a data: PNG, with a click selection)
+    becomes a PNG holding the thumbnails' blues and the open head's outline, without network."""
+    from app.views import attention_long as val
+
+    L, H, S = 2, 3, 8
+    levels = np.zeros((L, H, S, S), dtype=np.uint8)
+    levels[:, :, np.arange(S), np.arange(S)] = 255  # a bright diagonal in every head
+    png, px = val.grid_png(levels)
+    spec = val.grid_image_spec(png, L, H, px, selected=(1, 2), summary={"prev": torch.rand(L, H)})
+    before = json.dumps(spec, sort_keys=True)
+    im = decode(figure_png.to_png(spec, scale=1))
+    dark = np.array(val.lut()[255])  # the thumbnails' darkest blue
+    assert coloured(im, tuple(int(c) for c in dark)) >= L * H * px  # every diagonal is drawn
+    assert json.dumps(spec, sort_keys=True) == before and val.GRID_PARAM in before  # the page's chart is untouched
