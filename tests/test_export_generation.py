@@ -6,9 +6,6 @@ KV-cached step's logits equal the full forward's at that position (1e-4)."""
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -20,7 +17,6 @@ from torch.nn import functional as F
 from app import components
 from app import export_generation as eg
 from app import exporting as ex
-from app import notebooks as nb
 from app.catalog import REPO
 from app.generation import GenerationSession, Settings
 from app.inspection import Inspection, Loaded
@@ -32,38 +28,11 @@ from gpt.edit import Edits
 from gpt.generate import Generator, sampling_distribution
 from gpt.record import Recorder
 from gpt.steering import steering_edit, token_direction
+from tests.test_notebooks import loaded, run_notebook, same  # noqa: F401 (loaded: a fixture)
 
 torch.set_num_threads(1)
 BUNDLED = REPO / "checkpoints" / "shakespeare-char"
 TEXT = "ROMEO:\nBut soft, what light"
-
-
-@pytest.fixture(scope="module")
-def loaded() -> Loaded:
-    model, tok, meta = load(BUNDLED)
-    return Loaded(model.eval(), tok, meta, str(BUNDLED), "bundled", model.config)
-
-
-def run_notebook(text: bytes, tmp: Path) -> dict[str, np.ndarray]:
-    """The notebook's code cells as one script, run with the venv's python; what it saved."""
-    assert nb.is_valid(text)
-    script, out = tmp / "nb.py", tmp / "nb.npz"
-    script.write_text(nb.code_of(text))
-    env = {**os.environ, nb.NPZ_ENV: str(out), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp / "nanolens-figure.html").stat().st_size > 1000  # the figure cell ran without a display
-    with np.load(out, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def same(app: list[ex.Table], got: dict[str, np.ndarray]) -> None:
-    assert sorted(got) == sorted(t.name for t in app)
-    for t in app:
-        if t.values.dtype.kind in "US":
-            assert got[t.name].tolist() == t.values.tolist(), t.name
-        else:
-            np.testing.assert_allclose(got[t.name], t.values, rtol=1e-5, atol=1e-5, err_msg=t.name)
 
 
 def round_trips(tables: list[ex.Table]) -> dict[str, ex.Table]:
